@@ -1,0 +1,45 @@
+"""Communication with the NexusLIMS database.
+
+:func:`make_db_query` runs one SQL statement; the
+:mod:`~nexusLIMS.db.session_handler` submodule maps session logs to Python
+objects. Importing this package opens no database: the path is read from
+``nexusLIMS_db_path`` (or ``NX_DB_PATH``) each time a query runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nexusLIMS.db.connection import connect
+from nexusLIMS.db.errors import (
+    DatabaseConfigError,
+    DatabaseNotFoundError,
+    NexusLIMSDBError,
+)
+from nexusLIMS.db.schema import SCHEMA_VERSION, init_db
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DatabaseConfigError",
+    "DatabaseNotFoundError",
+    "NexusLIMSDBError",
+    "init_db",
+    "make_db_query",
+]
+
+
+def make_db_query(query: str) -> list[tuple[Any, ...]]:
+    """Execute a query on the NexusLIMS database and return the results as a list.
+
+    Parameters
+    ----------
+    query
+        The SQL query to execute (one statement).
+
+    Returns
+    -------
+    list of tuple
+        The rows the statement returned (empty for statements returning none).
+    """
+    with connect(begin=None) as conn:
+        return conn.execute(query).fetchall()
