@@ -16,15 +16,19 @@ from nexusLIMS.db.errors import (
     DatabaseNotFoundError,
     NexusLIMSDBError,
 )
+from nexusLIMS.db.migration import MigrationError, MigrationResult, migrate_db
 from nexusLIMS.db.schema import SCHEMA_VERSION, init_db
 
 __all__ = [
     "SCHEMA_VERSION",
     "DatabaseConfigError",
     "DatabaseNotFoundError",
+    "MigrationError",
+    "MigrationResult",
     "NexusLIMSDBError",
     "init_db",
     "make_db_query",
+    "migrate_db",
 ]
 
 

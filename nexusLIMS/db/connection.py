@@ -105,14 +105,14 @@ def db_timeout() -> float:
     return value
 
 
-def _open(path: Path, *, create: bool) -> sqlite3.Connection:
+def _open(path: Path, *, create: bool, foreign_keys: bool = True) -> sqlite3.Connection:
     # mode=rw makes SQLite itself refuse to create the file, even if it was
     # removed after resolve_db_path looked; mode=rwc is used only by init_db.
     mode = "rwc" if create else "rw"
     uri = f"{path.absolute().as_uri()}?mode={mode}"
     conn = sqlite3.connect(uri, uri=True, timeout=db_timeout(), isolation_level=None)
     try:
-        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
     except BaseException:
         conn.close()
         raise
@@ -125,6 +125,7 @@ def connect(
     *,
     begin: Begin = "DEFERRED",
     create: bool = False,
+    foreign_keys: bool = True,
 ) -> Iterator[sqlite3.Connection]:
     """Open the database, run one transaction, and always close it.
 
@@ -140,6 +141,11 @@ def connect(
         (what :func:`~nexusLIMS.db.make_db_query` needs to run any statement).
     create
         Allow creating the file (only :func:`~nexusLIMS.db.init_db` does).
+    foreign_keys
+        Enforce foreign keys (the default). Only a table rebuild that must
+        keep rows whose instrument is missing turns this off (see
+        :func:`~nexusLIMS.db.migrate_db`); SQLite ignores the setting inside
+        a transaction, so it is set here, before ``BEGIN``.
 
     Yields
     ------
@@ -150,7 +156,7 @@ def connect(
     db_path = resolve_db_path(path, must_exist=not create)
     if create:
         db_path.parent.mkdir(parents=True, exist_ok=True)
-    conn = _open(db_path, create=create)
+    conn = _open(db_path, create=create, foreign_keys=foreign_keys)
     try:
         if begin is not None:
             conn.execute(f"BEGIN {begin}")

@@ -44,6 +44,15 @@ CREATE INDEX IF NOT EXISTS session_log_instrument_idx
 CREATE INDEX IF NOT EXISTS session_log_session_identifier_idx
     ON session_log (session_identifier);
 
--- Serves get_sessions_to_build: TO_BE_BUILT START and END rows.
+-- Rows by status and event: the count of TO_BE_BUILT ENDs and the full read
+-- of get_sessions_to_build when a session has a problem.
 CREATE INDEX IF NOT EXISTS session_log_status_event_idx
     ON session_log (record_status, event_type);
+
+-- Serves the pairing of get_sessions_to_build: every column it reads of the
+-- TO_BE_BUILT START and END rows, so it reads no table page, and each START
+-- finds its END by (event_type, session_identifier). Partial: it holds only
+-- the sessions waiting for their record, so it stays small.
+CREATE INDEX IF NOT EXISTS session_log_to_be_built_idx
+    ON session_log (event_type, session_identifier, instrument, timestamp, user, record_status)
+    WHERE record_status = 'TO_BE_BUILT';

@@ -8,7 +8,7 @@ live in the neighbouring modules.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 from nexusLIMS.db.connection import connect
 from nexusLIMS.db.pairing import SessionProblem, find_session_problems, get_sessions_to_build
@@ -28,17 +28,17 @@ __all__ = [
 
 
 def db_query(
-    query: str, args: Optional[Sequence[Any]] = None
+    query: str, args: Union[Sequence[Any], Mapping[str, Any], None] = None
 ) -> tuple[bool, list[tuple[Any, ...]]]:
     """Make a query on the NexusLIMS database.
 
     Parameters
     ----------
     query
-        One SQL statement, with ``?`` placeholders.
+        One SQL statement, with ``?`` (or ``:name``) placeholders.
     args
-        The values of the placeholders (``datetime`` values are passed as ISO
-        text).
+        The values of the placeholders: a sequence, or a mapping for named
+        placeholders (``datetime`` values are passed as ISO text).
 
     Returns
     -------
@@ -46,6 +46,10 @@ def db_query(
         ``(success, results)``: True and the rows the statement returned.
         Errors are raised, not returned.
     """
-    params = tuple(to_text(arg) for arg in args) if args else ()
+    params: Union[tuple[Any, ...], dict[str, Any]] = ()
+    if isinstance(args, Mapping):
+        params = {name: to_text(value) for name, value in args.items()}
+    elif args:
+        params = tuple(to_text(arg) for arg in args)
     with connect(begin=None) as conn:
         return True, conn.execute(query, params).fetchall()

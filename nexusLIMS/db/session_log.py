@@ -16,21 +16,24 @@ __all__ = ["SessionLog", "insert_logs", "instrument_pids", "require_instrument"]
 
 logger = logging.getLogger(__name__)
 
+# (session_identifier, instrument, timestamp, event_type, record_status, user)
+_LogRow = tuple[str, str, str, str, str, Optional[str]]
 _EVENT_TYPES = frozenset(EventType.values())
 _STATUSES = frozenset(RecordStatus.values())
 
-# Inserts the row unless an identical one exists, in one statement; "IS" makes
-# the user comparison NULL-safe (1.4's "user = ?" never matches a NULL user).
-_INSERT_UNLESS_PRESENT = """
-INSERT INTO session_log
-    (session_identifier, instrument, timestamp, event_type, record_status, user)
-SELECT ?1, ?2, ?3, ?4, ?5, ?6
-WHERE NOT EXISTS (
-    SELECT 1 FROM session_log
-    WHERE session_identifier = ?1 AND instrument = ?2 AND timestamp = ?3
-      AND event_type = ?4 AND record_status = ?5 AND user IS ?6
+_INSERT = (
+    "INSERT INTO session_log "
+    "(session_identifier, instrument, timestamp, event_type, record_status, user) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
-"""
+# The stored rows of some sessions, through the session_identifier index (a
+# handful of rows per key), to skip logs already present. Compared in Python
+# as tuples, so a NULL user matches a NULL user (1.4's "user = ?" never did).
+_STORED = (
+    "SELECT session_identifier, instrument, timestamp, event_type, record_status, user "
+    "FROM session_log WHERE session_identifier IN ({marks})"
+)
+_CHUNK = 500  # identifiers per look-up, below the oldest SQLite limit of 999 parameters
 
 
 @dataclass
@@ -110,8 +113,8 @@ class SessionLog:
             logger.warning("SessionLog already existed in DB, so no row was added: %s", self)
         return True
 
-    def to_row(self) -> tuple[str, str, str, str, str, Optional[str]]:
-        """Return the values to insert, in the order of ``_INSERT_UNLESS_PRESENT``."""
+    def to_row(self) -> _LogRow:
+        """Return the values to insert, in the column order of ``_INSERT``."""
         return (
             self.session_identifier,
             self.instrument,
@@ -157,6 +160,21 @@ def _validate(log: SessionLog, known_instruments: frozenset[str]) -> None:
     require_instrument(log.instrument, known_instruments, log)
 
 
+def _new_rows(conn: sqlite3.Connection, rows: list[_LogRow]) -> list[_LogRow]:
+    """Return ``rows`` without those stored already or earlier in ``rows``, in order."""
+    identifiers = list(dict.fromkeys(row[0] for row in rows))
+    seen: set[_LogRow] = set()
+    for start in range(0, len(identifiers), _CHUNK):
+        chunk = identifiers[start : start + _CHUNK]
+        seen.update(conn.execute(_STORED.format(marks=", ".join("?" * len(chunk))), chunk))
+    new: list[_LogRow] = []
+    for row in rows:
+        if row not in seen:
+            seen.add(row)
+            new.append(row)
+    return new
+
+
 def insert_logs(logs: Iterable[SessionLog]) -> int:
     """Insert many session logs in one transaction, skipping those already present.
 
@@ -188,7 +206,8 @@ def insert_logs(logs: Iterable[SessionLog]) -> int:
         known = instrument_pids(conn)
         for log in batch:
             _validate(log, known)
-        cursor = conn.executemany(_INSERT_UNLESS_PRESENT, [log.to_row() for log in batch])
-        inserted = cursor.rowcount
+        new = _new_rows(conn, [log.to_row() for log in batch])
+        conn.executemany(_INSERT, new)
+        inserted = len(new)
     logger.debug("Inserted %d of %d session logs", inserted, len(batch))
     return inserted
