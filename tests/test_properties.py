@@ -26,6 +26,7 @@ from typing import Any, Optional
 from zoneinfo import ZoneInfo
 
 import pytest
+from dateutil.parser import isoparse
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -73,13 +74,13 @@ class Group:
 
 
 def _is_naive(timestamp: str) -> bool:
-    return datetime.fromisoformat(timestamp).tzinfo is None
+    return isoparse(timestamp).tzinfo is None
 
 
 def _instant(timestamp: str, zone: str, other: str) -> datetime:
     """Read a good timestamp; naive compared with aware means local at the instrument."""
-    value = datetime.fromisoformat(timestamp)
-    if value.tzinfo is None and datetime.fromisoformat(other).tzinfo is not None:
+    value = isoparse(timestamp)
+    if value.tzinfo is None and isoparse(other).tzinfo is not None:
         value = value.replace(tzinfo=ZoneInfo(zone))
     return value
 
@@ -129,7 +130,7 @@ def model(rows: list[Row]) -> tuple[list[tuple[Any, ...]], list[tuple[str, Probl
         if found:
             problems += [(identifier, kind, text) for kind, text in found]
         else:
-            dt_from, dt_to = datetime.fromisoformat(start[2]), datetime.fromisoformat(end[2])
+            dt_from, dt_to = isoparse(start[2]), isoparse(end[2])
             sessions.append((start_id, (identifier, start[1], dt_from.isoformat(),
                                         dt_to.isoformat(), start[5])))
     ids = {identifier: sorted(log_id for log_id, _ in group.starts + group.ends)
