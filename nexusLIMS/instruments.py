@@ -25,6 +25,7 @@ from nexusLIMS.db.errors import DatabaseConfigError
 
 __all__ = [
     "COLUMNS",
+    "DEFAULT_TIMEZONE",
     "Instrument",
     "InstrumentDB",
     "add_instrument",
@@ -34,11 +35,15 @@ __all__ = [
     "instrument_db",
     "load_instruments",
     "read_instruments",
+    "validate_timezone",
+    "write_instrument",
 ]
 
 logger = logging.getLogger(__name__)
 
 ENV_DATA_ROOT = "mmfnexus_path"
+#: The ``instruments.timezone`` default of the schema.
+DEFAULT_TIMEZONE = "America/New_York"
 
 #: Columns of the ``instruments`` table, in order; ``instrument_pid`` maps to
 #: :attr:`Instrument.name`, every other column to the attribute of its name.
@@ -186,7 +191,14 @@ def read_instruments(conn: sqlite3.Connection) -> dict[str, Instrument]:
     for row in conn.execute(query):
         values = dict(zip(COLUMNS, row))
         pid = values.pop("instrument_pid")
-        instruments[pid] = Instrument(name=pid, **values)
+        try:
+            instruments[pid] = Instrument(name=pid, **values)
+        except pytz.UnknownTimeZoneError:
+            raise ValueError(
+                f"Instrument {pid!r} in the instruments table has an unknown "
+                f"timezone {values['timezone']!r}; set it to an IANA name such as "
+                f"'America/New_York'"
+            ) from None
     return instruments
 
 
@@ -202,6 +214,15 @@ def load_instruments(path: Optional[PathLike] = None) -> dict[str, Instrument]:
         return read_instruments(conn)
 
 
+def validate_timezone(name: str) -> str:
+    """Return ``name`` if it is a time zone pytz knows, else raise ValueError."""
+    if name not in pytz.all_timezones_set:
+        raise ValueError(
+            f"unknown timezone {name!r} (use an IANA name such as {DEFAULT_TIMEZONE!r})"
+        )
+    return name
+
+
 def add_instrument(instrument: Instrument, path: Optional[PathLike] = None) -> None:
     """Add ``instrument`` as a new row of the ``instruments`` table.
 
@@ -211,6 +232,19 @@ def add_instrument(instrument: Instrument, path: Optional[PathLike] = None) -> N
         A required column is empty, the time zone is not a known zone name,
         or a row with the same PID, API URL, computer name or IP exists.
     """
+    with connect(path, begin="IMMEDIATE") as conn:
+        write_instrument(conn, instrument)
+    logger.info("Added instrument %s", instrument.name)
+
+
+def write_instrument(conn: sqlite3.Connection, instrument: Instrument) -> None:
+    """Validate ``instrument`` and insert it in the open transaction.
+
+    Raises
+    ------
+    ValueError
+        As :func:`add_instrument`; nothing is written.
+    """
     row = instrument.to_row()
     missing = [column for column in _REQUIRED if not row[column]]
     if missing:
@@ -218,23 +252,18 @@ def add_instrument(instrument: Instrument, path: Optional[PathLike] = None) -> N
             f"Cannot add instrument {instrument.name!r}: missing {', '.join(missing)}"
         )
     if row["timezone"] is None:
-        row["timezone"] = "America/New_York"
-    elif row["timezone"] not in pytz.all_timezones_set:
-        raise ValueError(
-            f"Cannot add instrument {instrument.name!r}: unknown timezone "
-            f"{row['timezone']!r} (use an IANA name such as 'America/New_York')"
-        )
+        row["timezone"] = DEFAULT_TIMEZONE
+    else:
+        try:
+            validate_timezone(row["timezone"])
+        except ValueError as exc:
+            raise ValueError(f"Cannot add instrument {instrument.name!r}: {exc}") from None
     columns = ", ".join(row)
     marks = ", ".join("?" * len(row))
     try:
-        with connect(path, begin="IMMEDIATE") as conn:
-            conn.execute(
-                f"INSERT INTO instruments ({columns}) VALUES ({marks})",
-                tuple(row.values()),
-            )
+        conn.execute(f"INSERT INTO instruments ({columns}) VALUES ({marks})", tuple(row.values()))
     except sqlite3.IntegrityError as exc:
         raise ValueError(f"Cannot add instrument {instrument.name!r}: {exc}") from None
-    logger.info("Added instrument %s", instrument.name)
 
 
 def _reads_table(name: str) -> Callable[..., Any]:

@@ -334,7 +334,7 @@ def test_log_end_of_a_session_already_ended_writes_nothing(demo: Path, run: Run)
     code, _, err = run("log", "end", "--instrument", TITAN, "--id",
                        "8a3e6c1d-5b2f-4e7a-9c0d-1f2e3a4b5c6d")
     assert code == 1
-    assert "it has no open START log" in _one_error_line(err)
+    assert "it already has an END log (id 2, status TO_BE_BUILT)" in _one_error_line(err)
     assert _rows(demo) == rows
 
 
@@ -647,6 +647,6 @@ def test_log_functions_take_a_path_and_datetimes(
 def test_log_start_needs_an_identifier(
     nexuslims_instruments: dict[str, Any], nexuslims_db: Path, identifier: Any
 ) -> None:
-    with pytest.raises(ValueError, match="Invalid session identifier"):
+    with pytest.raises(ValueError, match="Invalid session_identifier"):
         log_start(TITAN, identifier)
     assert _rows(nexuslims_db) == []

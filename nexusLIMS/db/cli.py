@@ -17,10 +17,7 @@ import sqlite3
 import sys
 import traceback
 from contextlib import contextmanager
-from datetime import timedelta
 from typing import Any, Callable, Iterator, Optional, Sequence
-
-import pytz
 
 from nexusLIMS.db.connection import ENV_DB_PATH, resolve_db_path
 from nexusLIMS.db.demo import DemoSummary, populate_demo
@@ -29,10 +26,16 @@ from nexusLIMS.db.errors import NexusLIMSDBError
 from nexusLIMS.db.migration import MigrationResult, migrate_db
 from nexusLIMS.db.pairing import find_session_problems, get_sessions_to_build
 from nexusLIMS.db.schema import SCHEMA_VERSION, init_db
-from nexusLIMS.db.session import Session, set_session_status
+from nexusLIMS.db.session import set_session_status
 from nexusLIMS.db.session_log import SessionLog
 from nexusLIMS.db.session_logger import log_end, log_start
-from nexusLIMS.instruments import Instrument, add_instrument, load_instruments
+from nexusLIMS.instruments import (
+    DEFAULT_TIMEZONE,
+    Instrument,
+    add_instrument,
+    load_instruments,
+    validate_timezone,
+)
 
 __all__ = ["PROG", "build_parser", "main"]
 
@@ -72,18 +75,6 @@ def _json(value: Any) -> str:
     return json.dumps(value, indent=2)
 
 
-def _duration(session: Session) -> Optional[timedelta]:
-    """Return the session's length; None if its times cannot be compared."""
-    try:
-        return session.dt_to - session.dt_from
-    except TypeError:  # one time has an offset and the other not
-        localize = session.instrument.localize_datetime
-        try:
-            return localize(session.dt_to) - localize(session.dt_from)
-        except TypeError:
-            return None
-
-
 def _db_option(args: argparse.Namespace) -> str:
     return f" --db {shlex.quote(args.db)}" if args.db else ""
 
@@ -92,7 +83,7 @@ def _db_option(args: argparse.Namespace) -> str:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    path = init_db()
+    path = init_db(args.db)
     if not args.demo:
         print(f"Initialised NexusLIMS database {path} (schema version {SCHEMA_VERSION}).")
         print(f"Next, add an instrument:\n  {PROG}{_db_option(args)} instruments add --help")
@@ -117,7 +108,7 @@ def _format_demo(summary: DemoSummary, args: argparse.Namespace) -> str:
 
 def _cmd_sessions(args: argparse.Namespace) -> int:
     # The library logs one WARNING per skipped session; main() sends it to stderr.
-    sessions = get_sessions_to_build(on_error="skip")
+    sessions = get_sessions_to_build(on_error="skip", path=args.db)
     if args.json:
         print(_json([
             {
@@ -125,7 +116,7 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
                 "instrument": s.instrument.name,
                 "start": s.dt_from.isoformat(),
                 "end": s.dt_to.isoformat(),
-                "duration_seconds": None if (d := _duration(s)) is None else d.total_seconds(),
+                "duration_seconds": None if (d := s.duration) is None else d.total_seconds(),
                 "user": s.user,
             }
             for s in sessions
@@ -140,7 +131,7 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
             s.instrument.name or "",
             s.dt_from.isoformat(),
             s.dt_to.isoformat(),
-            "?" if (d := _duration(s)) is None else str(d),
+            "?" if (d := s.duration) is None else str(d),
             s.user or "-",
         )
         for s in sessions
@@ -151,7 +142,7 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    problems = find_session_problems()
+    problems = find_session_problems(path=args.db)
     if args.json:
         print(_json([
             {
@@ -175,14 +166,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_log(args: argparse.Namespace) -> int:
     write = log_start if args.event == "start" else log_end
-    log: SessionLog = write(args.instrument, args.session_identifier, args.user, args.at)
+    log: SessionLog = write(
+        args.instrument, args.session_identifier, args.user, args.at, path=args.db
+    )
     print(f"Logged {log.event_type} of session {log.session_identifier} on "
           f"{log.instrument} at {log.timestamp}; the session is now {log.record_status}.")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    changed = set_session_status(args.session_identifier, args.status)
+    changed = set_session_status(args.session_identifier, args.status, path=args.db)
     if changed == 0:
         print(f"{PROG}: error: no session_log rows have session identifier "
               f"{args.session_identifier!r}; nothing changed", file=sys.stderr)
@@ -193,7 +186,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_instruments(args: argparse.Namespace) -> int:
-    instruments = load_instruments()
+    instruments = load_instruments(args.db)
     if args.json:
         print(_json([instrument.to_row() for instrument in instruments.values()]))
         return 0
@@ -211,13 +204,13 @@ def _cmd_instruments(args: argparse.Namespace) -> int:
 def _cmd_instruments_add(args: argparse.Namespace) -> int:
     values = {column: getattr(args, column) for column, *_ in _INSTRUMENT_OPTIONS}
     instrument = Instrument(name=values.pop("instrument_pid"), timezone=args.timezone, **values)
-    add_instrument(instrument)
+    add_instrument(instrument, args.db)
     print(f"Added instrument {instrument.name} ({args.timezone}).")
     return 0
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    print(_format_migration(migrate_db(backup=not args.no_backup)))
+    print(_format_migration(migrate_db(args.db, backup=not args.no_backup)))
     return 0
 
 
@@ -239,11 +232,10 @@ def _format_migration(result: MigrationResult) -> str:
 
 
 def _timezone(value: str) -> str:
-    if value not in pytz.all_timezones_set:
-        raise argparse.ArgumentTypeError(
-            f"unknown timezone {value!r} (use an IANA name such as America/New_York)"
-        )
-    return value
+    try:
+        return validate_timezone(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _common() -> argparse.ArgumentParser:
@@ -338,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                _cmd_instruments_add)
     for column, option, required, text in _INSTRUMENT_OPTIONS:
         add.add_argument(option, dest=column, required=required, help=text)
-    add.add_argument("--timezone", type=_timezone, default="America/New_York",
-                     help="IANA time zone (default: America/New_York)")
+    add.add_argument("--timezone", type=_timezone, default=DEFAULT_TIMEZONE,
+                     help=f"IANA time zone (default: {DEFAULT_TIMEZONE})")
 
     migrate = _sub(commands, "migrate",
                    "bring a NexusLIMS 1.4 (or older) database to the current schema",
@@ -358,27 +350,19 @@ class _Formatter(logging.Formatter):
 
 
 @contextmanager
-def _environment(args: argparse.Namespace) -> Iterator[None]:
-    """Point the library at ``--db`` and send its log messages to stderr."""
-    saved = os.environ.get(ENV_DB_PATH)
-    if args.db:
-        os.environ[ENV_DB_PATH] = args.db
+def _log_to_stderr(debug: bool) -> Iterator[None]:
+    """Send the library's log messages to stderr, one line each."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     package = logging.getLogger("nexusLIMS")
     level = package.level
     package.addHandler(handler)
-    package.setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    package.setLevel(logging.DEBUG if debug else logging.WARNING)
     try:
         yield
     finally:
         package.removeHandler(handler)
         package.setLevel(level)
-        if args.db:
-            if saved is None:
-                del os.environ[ENV_DB_PATH]
-            else:
-                os.environ[ENV_DB_PATH] = saved
 
 
 def _one_line(exc: BaseException) -> str:
@@ -393,13 +377,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     handler: Handler = args.handler
     try:
-        with _environment(args):
+        with _log_to_stderr(args.debug):
             if args.command != "init":
                 resolve_db_path(args.db)  # a missing file is an error, never created
             return handler(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. "| head"): not an error; keep Python's
+        # exit-time flush of stdout from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     except Exception as exc:
         if args.debug:
             traceback.print_exc()

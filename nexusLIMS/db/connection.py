@@ -11,8 +11,9 @@ import logging
 import os
 import sqlite3
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterator, Literal, Optional, Union
+from urllib.parse import quote
 
 from nexusLIMS.db.errors import DatabaseConfigError, DatabaseNotFoundError
 
@@ -26,6 +27,7 @@ __all__ = [
     "connect",
     "db_timeout",
     "resolve_db_path",
+    "sqlite_uri",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,11 +107,25 @@ def db_timeout() -> float:
     return value
 
 
+def sqlite_uri(path: PurePath) -> str:
+    """Return the SQLite ``file:`` URI of an absolute path (query string not included).
+
+    Unlike :meth:`pathlib.Path.as_uri`, a Windows UNC path (a share on a file
+    server) gives an empty authority, ``file:////server/share/...``, which
+    SQLite accepts; ``?``, ``#`` and ``%`` in names are percent-encoded.
+    """
+    posix = path.as_posix()
+    if not posix.startswith("/"):  # a drive path: C:/data -> /C:/data
+        posix = "/" + posix
+    prefix = "file://" if posix.startswith("//") else "file:"
+    return prefix + quote(posix, safe="/:")
+
+
 def _open(path: Path, *, create: bool, foreign_keys: bool = True) -> sqlite3.Connection:
     # mode=rw makes SQLite itself refuse to create the file, even if it was
     # removed after resolve_db_path looked; mode=rwc is used only by init_db.
     mode = "rwc" if create else "rw"
-    uri = f"{path.absolute().as_uri()}?mode={mode}"
+    uri = f"{sqlite_uri(path.absolute())}?mode={mode}"
     conn = sqlite3.connect(uri, uri=True, timeout=db_timeout(), isolation_level=None)
     try:
         conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")

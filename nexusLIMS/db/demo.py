@@ -20,8 +20,9 @@ import pytz
 
 from nexusLIMS.db.connection import PathLike, connect, resolve_db_path
 from nexusLIMS.db.enums import EventType, RecordStatus
-from nexusLIMS.db.samples import add_sample_instruments, sample_instruments
-from nexusLIMS.db.session_log import SessionLog, instrument_pids, require_instrument
+from nexusLIMS.db.samples import sample_instruments
+from nexusLIMS.db.session_log import SessionLog, write_logs
+from nexusLIMS.instruments import read_instruments, write_instrument
 
 __all__ = ["DemoSummary", "demo_logs", "populate_demo"]
 
@@ -118,27 +119,20 @@ def populate_demo(path: Optional[PathLike] = None) -> DemoSummary:
         The database already has instruments or session logs.
     """
     db_path = resolve_db_path(path)
-    with connect(db_path) as conn:
+    logs = demo_logs()
+    with connect(db_path, begin="IMMEDIATE") as conn:  # all or nothing
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM instruments), (SELECT count(*) FROM session_log)"
         ).fetchone()
-    if any(counts):
-        raise ValueError(
-            f"The demo needs an empty database; {str(db_path)!r} has {counts[0]} "
-            f"instruments and {counts[1]} session logs"
-        )
-    instruments = add_sample_instruments(db_path)
-    logs = demo_logs()
-    with connect(db_path, begin="IMMEDIATE") as conn:
-        known = instrument_pids(conn)
-        for log in logs:
-            require_instrument(log.instrument, known, log)
-        conn.executemany(
-            "INSERT INTO session_log "
-            "(session_identifier, instrument, timestamp, event_type, record_status, user) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [log.to_row() for log in logs],
-        )
+        if any(counts):
+            raise ValueError(
+                f"The demo needs an empty database; {str(db_path)!r} has {counts[0]} "
+                f"instruments and {counts[1]} session logs"
+            )
+        for instrument in sample_instruments():
+            write_instrument(conn, instrument)
+        write_logs(conn, logs)
+        instruments = read_instruments(conn)
     sessions = tuple(
         (log.session_identifier, log.instrument, str(log.record_status))
         for log in logs

@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Literal, Optional
 
-from nexusLIMS.db.connection import connect
+from nexusLIMS.db.connection import PathLike, connect
 from nexusLIMS.db.enums import EventType, ProblemKind, RecordStatus
-from nexusLIMS.db.session import Session
+from nexusLIMS.db.session import Session, session_span
 from nexusLIMS.db.session_log import SessionLog
 from nexusLIMS.db.timestamps import parse_timestamp
 from nexusLIMS.instruments import Instrument, read_instruments
@@ -44,6 +44,7 @@ _QUERY = (
 )
 _QUERY_ARGS = (RecordStatus.TO_BE_BUILT.value, EventType.START.value, EventType.END.value)
 _START = EventType.START.value
+_ZERO = timedelta(0)
 
 # The fast path: each TO_BE_BUILT START with the END(s) of its identifier on
 # its instrument, one row per pair (a START without one gives a NULL END), in
@@ -110,14 +111,20 @@ def _group(rows: list[_Row]) -> dict[str, tuple[list[_Row], list[_Row]]]:
     return groups
 
 
-def _parse(row: _Row, problems: list[tuple[ProblemKind, str]]) -> Optional[datetime]:
+def _parse_or_none(text: str) -> Optional[datetime]:
     try:
-        return parse_timestamp(row[3])
+        return parse_timestamp(text)
     except ValueError:
+        return None
+
+
+def _parse(row: _Row, problems: list[tuple[ProblemKind, str]]) -> Optional[datetime]:
+    value = _parse_or_none(row[3])
+    if value is None:
         problems.append(
             (ProblemKind.BAD_TIMESTAMP, f"log {row[0]} has timestamp {row[3]!r}, not ISO 8601")
         )
-        return None
+    return value
 
 
 def _check(
@@ -178,21 +185,8 @@ def _check(
 
 
 def _ends_before_start(dt_from: datetime, dt_to: datetime, instrument: Instrument) -> bool:
-    if (dt_from.tzinfo is None) != (dt_to.tzinfo is None):
-        # One has an offset, the other not: read the naive one as local time
-        # at the instrument (as the record builder does).
-        dt_from = instrument.localize_datetime(dt_from)
-        dt_to = instrument.localize_datetime(dt_to)
-        if (dt_from.tzinfo is None) != (dt_to.tzinfo is None):
-            return False  # no zone to compare them in
-    return dt_to < dt_from
-
-
-def _parse_or_none(text: str) -> Optional[datetime]:
-    try:
-        return parse_timestamp(text)
-    except ValueError:
-        return None
+    span = session_span(dt_from, dt_to, instrument)
+    return span is not None and span < _ZERO
 
 
 def _clean_sessions(
@@ -262,7 +256,7 @@ def _pair(conn: sqlite3.Connection) -> tuple[list[Session], list[SessionProblem]
     return [session for _, session in sessions], problems
 
 
-def find_session_problems() -> list[SessionProblem]:
+def find_session_problems(*, path: Optional[PathLike] = None) -> list[SessionProblem]:
     """Return every problem of the TO_BE_BUILT START and END logs, raising none.
 
     Returns
@@ -271,11 +265,13 @@ def find_session_problems() -> list[SessionProblem]:
         In order of the sessions' first log id; a session may have several.
         Empty when every TO_BE_BUILT log belongs to a buildable session.
     """
-    with connect() as conn:
+    with connect(path) as conn:
         return _pair(conn)[1]
 
 
-def get_sessions_to_build(*, on_error: OnError = "raise") -> list[Session]:
+def get_sessions_to_build(
+    *, on_error: OnError = "raise", path: Optional[PathLike] = None
+) -> list[Session]:
     """Get the sessions that need their record built.
 
     Pairs the START and END logs whose status is TO_BE_BUILT by session
@@ -307,10 +303,12 @@ def get_sessions_to_build(*, on_error: OnError = "raise") -> list[Session]:
     """
     if on_error not in _ON_ERROR:
         raise ValueError(f"on_error must be one of {', '.join(_ON_ERROR)}, not {on_error!r}")
-    with connect(begin="IMMEDIATE" if on_error == "mark" else "DEFERRED") as conn:
+    with connect(path, begin="IMMEDIATE" if on_error == "mark" else "DEFERRED") as conn:
         sessions, problems = _pair(conn)
         if problems and on_error == "raise":
-            raise ValueError(problems[0].detail)
+            # 1.4 raises only for a START without exactly one END: prefer that.
+            first = next((p for p in problems if p.kind is ProblemKind.END_COUNT), problems[0])
+            raise ValueError(first.detail)
         if problems and on_error == "mark":
             ids = sorted({log_id for problem in problems for log_id in problem.log_ids})
             conn.executemany(

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Optional, Union
 
-from nexusLIMS.db.connection import connect
+from nexusLIMS.db.connection import PathLike, connect
 from nexusLIMS.db.enums import EventType, RecordStatus, coerce
 from nexusLIMS.db.session_log import instrument_pids, require_instrument
 from nexusLIMS.db.timestamps import now_local_iso
 from nexusLIMS.instruments import Instrument
 
-__all__ = ["ENV_USER", "Session", "set_session_status"]
+__all__ = ["ENV_USER", "Session", "session_span", "set_session_status"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,21 +24,63 @@ ENV_USER = "nexusLIMS_user"
 _RECORD_GENERATION_COLUMNS = ("id_session_log", "event_type", "session_identifier", "timestamp")
 
 
-def set_session_status(session_identifier: str, status: Union[RecordStatus, str]) -> int:
+def set_session_status(
+    session_identifier: str,
+    status: Union[RecordStatus, str],
+    *,
+    path: Optional[PathLike] = None,
+) -> int:
     """Set ``record_status`` on every log of a session; return how many rows changed.
+
+    Parameters
+    ----------
+    session_identifier
+        The session whose logs to update.
+    status
+        The new status (a :class:`~nexusLIMS.db.enums.RecordStatus` or its value).
+    path
+        The database; by default from ``nexusLIMS_db_path``.
 
     Raises
     ------
     ValueError
         ``status`` is not an allowed status (checked before writing).
+    sqlite3.IntegrityError
+        The database's CHECK predates ``status`` (a NexusLIMS 1.4 file); the
+        message says to migrate it.
     """
     value = coerce(RecordStatus, status, "record_status").value
-    with connect(begin="IMMEDIATE") as conn:
-        cursor = conn.execute(
-            "UPDATE session_log SET record_status = ? WHERE session_identifier = ?",
-            (value, session_identifier),
-        )
-        return cursor.rowcount
+    try:
+        with connect(path, begin="IMMEDIATE") as conn:
+            cursor = conn.execute(
+                "UPDATE session_log SET record_status = ? WHERE session_identifier = ?",
+                (value, session_identifier),
+            )
+            return cursor.rowcount
+    except sqlite3.IntegrityError as exc:
+        if "CHECK constraint failed" not in str(exc):
+            raise
+        # Same type as 1.4 raised, with the remedy added.
+        raise sqlite3.IntegrityError(
+            f"{exc}: this database does not allow record_status {value!r}; it was "
+            f"probably made by NexusLIMS 1.4: run 'nexuslims-db migrate' "
+            f"(or nexusLIMS.db.migrate_db()) to update it"
+        ) from exc
+
+
+def session_span(dt_from: datetime, dt_to: datetime, instrument: Instrument) -> Optional[timedelta]:
+    """Return ``dt_to - dt_from``; None when the two cannot be compared.
+
+    When one has a UTC offset and the other not, the naive one is read as
+    local time at the instrument (as the record builder does); without an
+    instrument zone such a pair cannot be compared.
+    """
+    if (dt_from.tzinfo is None) != (dt_to.tzinfo is None):
+        dt_from = instrument.localize_datetime(dt_from)
+        dt_to = instrument.localize_datetime(dt_to)
+        if (dt_from.tzinfo is None) != (dt_to.tzinfo is None):
+            return None
+    return dt_to - dt_from
 
 
 @dataclass
@@ -72,6 +115,11 @@ class Session:
             f"{self.dt_from.isoformat()} to {self.dt_to.isoformat()} "
             f"on {self.instrument.name}"
         )
+
+    @property
+    def duration(self) -> Optional[timedelta]:
+        """The session's length; None if its start and end cannot be compared."""
+        return session_span(self.dt_from, self.dt_to, self.instrument)
 
     def update_session_status(self, status: Union[RecordStatus, str]) -> bool:
         """Set ``record_status`` on every log of this session.

@@ -12,7 +12,7 @@ from nexusLIMS.db.connection import connect
 from nexusLIMS.db.enums import EventType, RecordStatus, coerce
 from nexusLIMS.db.timestamps import validate_timestamp
 
-__all__ = ["SessionLog", "insert_logs", "instrument_pids", "require_instrument"]
+__all__ = ["SessionLog", "insert_logs", "instrument_pids", "require_instrument", "write_logs"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,11 +203,21 @@ def insert_logs(logs: Iterable[SessionLog]) -> int:
     if not batch:
         return 0
     with connect(begin="IMMEDIATE") as conn:
-        known = instrument_pids(conn)
-        for log in batch:
-            _validate(log, known)
-        new = _new_rows(conn, [log.to_row() for log in batch])
-        conn.executemany(_INSERT, new)
-        inserted = len(new)
+        inserted = write_logs(conn, batch)
     logger.debug("Inserted %d of %d session logs", inserted, len(batch))
     return inserted
+
+
+def write_logs(conn: sqlite3.Connection, logs: list[SessionLog]) -> int:
+    """Validate ``logs``, then insert those not present, in the open transaction.
+
+    The caller's transaction must be ``IMMEDIATE`` so that the duplicate check
+    and the insert cannot interleave with another writer. Returns how many
+    rows were inserted; raises ``ValueError`` (before writing) for a bad log.
+    """
+    known = instrument_pids(conn)
+    for log in logs:
+        _validate(log, known)
+    new = _new_rows(conn, [log.to_row() for log in logs])
+    conn.executemany(_INSERT, new)
+    return len(new)

@@ -11,37 +11,24 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Optional, Union
 
 from nexusLIMS.db.connection import PathLike, connect
 from nexusLIMS.db.enums import EventType, RecordStatus
-from nexusLIMS.db.session_log import SessionLog, instrument_pids, require_instrument
-from nexusLIMS.db.timestamps import now_local_iso, parse_timestamp, validate_timestamp
+from nexusLIMS.db.session import session_span
+from nexusLIMS.db.session_log import SessionLog, require_instrument, write_logs
+from nexusLIMS.db.timestamps import now_local_iso, parse_timestamp
+from nexusLIMS.instruments import read_instruments
 
 __all__ = ["log_end", "log_start"]
 
 logger = logging.getLogger(__name__)
 
-_INSERT = (
-    "INSERT INTO session_log "
-    "(session_identifier, instrument, timestamp, event_type, record_status, user) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
-)
 _WAITING = RecordStatus.WAITING_FOR_END.value
-_TO_BE_BUILT = RecordStatus.TO_BE_BUILT.value
 
 
-def _timestamp(at: Union[str, datetime, None]) -> str:
-    """Return the ISO text to store: now (local, with offset) when ``at`` is None."""
-    if at is None:
-        return now_local_iso()
-    if isinstance(at, datetime):
-        return at.isoformat()
-    return validate_timestamp(at)
-
-
-def _new_log(
+def _log(
     event: EventType,
     status: RecordStatus,
     instrument: str,
@@ -49,27 +36,21 @@ def _new_log(
     user: Optional[str],
     at: Union[str, datetime, None],
 ) -> SessionLog:
-    if not isinstance(session_identifier, str) or not session_identifier:
-        raise ValueError(
-            f"Invalid session identifier {session_identifier!r}; expected a non-empty string"
-        )
-    if user is not None and not isinstance(user, str):
-        raise ValueError(f"Invalid user {user!r}; expected a string or None")
-    return SessionLog(session_identifier, instrument, _timestamp(at), event.value, user,
-                      status.value)
+    """Return the log to write; the time is now (local, with offset) when ``at`` is None."""
+    timestamp = now_local_iso() if at is None else at
+    return SessionLog(session_identifier, instrument, timestamp, event.value, user, status.value)  # type: ignore[arg-type]
 
 
-def _ends_before(start: str, end: str) -> bool:
-    """Whether ``end`` is earlier than ``start`` (False when they cannot be compared)."""
-    try:
-        return parse_timestamp(end) < parse_timestamp(start)
-    except (TypeError, ValueError):  # one has an offset and the other not, or bad text
-        return False
-
-
-def _insert(conn: sqlite3.Connection, log: SessionLog) -> int:
-    cursor = conn.execute(_INSERT, log.to_row())
-    return int(cursor.lastrowid or 0)
+def _first_log(
+    conn: sqlite3.Connection, session_identifier: str, event: EventType
+) -> Optional[tuple[int, str]]:
+    """Return (id, status) of the session's first log of type ``event``, if any."""
+    row = conn.execute(
+        "SELECT id_session_log, record_status FROM session_log "
+        "WHERE session_identifier = ? AND event_type = ? ORDER BY id_session_log",
+        (session_identifier, event.value),
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 def log_start(
@@ -107,22 +88,17 @@ def log_start(
         The instrument is unknown, the identifier already has a START log,
         or an argument is invalid. Nothing is written.
     """
-    log = _new_log(EventType.START, RecordStatus.WAITING_FOR_END, instrument,
-                   session_identifier, user, at)
+    log = _log(EventType.START, RecordStatus.WAITING_FOR_END, instrument,
+               session_identifier, user, at)
     with connect(path, begin="IMMEDIATE") as conn:
-        require_instrument(instrument, instrument_pids(conn), log)
-        existing = conn.execute(
-            "SELECT id_session_log, record_status FROM session_log "
-            "WHERE session_identifier = ? AND event_type = ? ORDER BY id_session_log",
-            (session_identifier, EventType.START.value),
-        ).fetchone()
+        existing = _first_log(conn, log.session_identifier, EventType.START)
         if existing is not None:
             raise ValueError(
                 f"Session {session_identifier!r} already has a START log "
                 f"(id {existing[0]}, status {existing[1]}); not writing another"
             )
-        log_id = _insert(conn, log)
-    logger.info("Logged START %d of session %s on %s", log_id, session_identifier, instrument)
+        write_logs(conn, [log])
+    logger.info("Logged START of session %s on %s", session_identifier, instrument)
     return log
 
 
@@ -166,10 +142,17 @@ def log_end(
         already, the instrument is unknown or not the session's, the end is
         before the start, or an argument is invalid. Nothing is written.
     """
-    log = _new_log(EventType.END, RecordStatus.TO_BE_BUILT, instrument,
-                   session_identifier, user, at)
+    log = _log(EventType.END, RecordStatus.TO_BE_BUILT, instrument,
+               session_identifier, user, at)
     with connect(path, begin="IMMEDIATE") as conn:
-        require_instrument(instrument, instrument_pids(conn), log)
+        instruments = read_instruments(conn)
+        require_instrument(instrument, frozenset(instruments), log)
+        has_end = _first_log(conn, log.session_identifier, EventType.END)
+        if has_end is not None:
+            raise ValueError(
+                f"Cannot end session {session_identifier!r}: it already has an END log "
+                f"(id {has_end[0]}, status {has_end[1]})"
+            )
         starts = conn.execute(
             "SELECT id_session_log, instrument, timestamp, user FROM session_log "
             "WHERE session_identifier = ? AND event_type = ? AND record_status = ?",
@@ -187,27 +170,22 @@ def log_end(
                 f"Cannot end session {session_identifier!r} on {instrument!r}: "
                 f"it started on {start_instrument!r}"
             )
-        has_end = conn.execute(
-            "SELECT id_session_log FROM session_log WHERE session_identifier = ? "
-            "AND event_type = ?",
-            (session_identifier, EventType.END.value),
-        ).fetchone()
-        if has_end is not None:
-            raise ValueError(
-                f"Cannot end session {session_identifier!r}: it already has an END log "
-                f"(id {has_end[0]})"
-            )
-        if _ends_before(start_time, log.timestamp):
-            raise ValueError(
+        if log.user is None:
+            log.user = start_user
+        write_logs(conn, [log])  # validates the END (instrument, timestamp, ...)
+        span = session_span(
+            parse_timestamp(start_time),
+            parse_timestamp(log.timestamp),
+            instruments[instrument],
+        )
+        if span is not None and span < timedelta(0):
+            raise ValueError(  # rolls the END back
                 f"Cannot end session {session_identifier!r} at {log.timestamp}: "
                 f"it started later, at {start_time}"
             )
-        if log.user is None:
-            log.user = start_user
-        end_id = _insert(conn, log)
         conn.execute(
             "UPDATE session_log SET record_status = ? WHERE id_session_log = ?",
-            (_TO_BE_BUILT, start_id),
+            (RecordStatus.TO_BE_BUILT.value, start_id),
         )
-    logger.info("Logged END %d of session %s on %s", end_id, session_identifier, instrument)
+    logger.info("Logged END of session %s on %s", session_identifier, instrument)
     return log
