@@ -63,7 +63,7 @@ def test_raise_reports_the_start_without_an_end_as_1_4_did(
     # An orphan END comes first by id, but 1.4 raised for the START.
     SessionLog("orphan", TITAN, "2024-01-01T08:00:00", "END", None).insert_log()
     SessionLog("lonely", TITAN, "2024-01-01T09:00:00", "START", None).insert_log()
-    with pytest.raises(ValueError, match="^There was not exactly one") as raised:
+    with pytest.raises(ValueError, match=r"^There was not exactly one") as raised:
         get_sessions_to_build()
     message = str(raised.value)
     assert message.startswith("There was not exactly one 'END' log for this 'START' log; ")
@@ -100,7 +100,7 @@ def test_a_1_4_database_says_to_migrate_for_the_new_statuses(
     monkeypatch.setenv(ENV_DB_PATH, str(path))
     add_sample_instruments()
     SessionLog("s1", TITAN, "2024-01-01T08:00:00", "START", None).insert_log()
-    with pytest.raises(sqlite3.IntegrityError, match="CHECK.*run 'nexuslims-db migrate'"):
+    with pytest.raises(sqlite3.IntegrityError, match=r"CHECK.*run 'nexuslims-db migrate'"):
         set_session_status("s1", "NO_CONSENT")
     assert {row[5] for row in _rows(path)} == {"TO_BE_BUILT"}
 
