@@ -4,3 +4,33 @@ The fixtures ``nexuslims_db`` and ``nexuslims_instruments`` come from the
 package's own pytest plugin (``nexusLIMS.db.pytest_plugin``), registered by
 the ``pytest11`` entry point when the package is installed.
 """
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta, timezone
+from typing import Iterator
+
+import pytest
+
+#: The local zone ``local_zone_ist`` sets: UTC+05:30, no daylight saving time.
+IST = timezone(timedelta(hours=5, minutes=30))
+
+
+@pytest.fixture
+def local_zone_ist() -> Iterator[timezone]:
+    """Make the system's local zone UTC+05:30 (no DST) for the test."""
+    if not hasattr(time, "tzset"):
+        pytest.skip("needs time.tzset to set the local zone")
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "XST-05:30"
+    time.tzset()
+    try:
+        yield IST
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
-import time
 from contextlib import closing
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -196,26 +194,8 @@ def test_session_log_foreign_key(nexuslims_db: Path) -> None:
     ]
 
 
-@pytest.fixture
-def local_zone_ist() -> Iterator[None]:
-    """Make the system's local zone UTC+05:30 (no DST) for the test."""
-    if not hasattr(time, "tzset"):
-        pytest.skip("needs time.tzset to set the local zone")
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "XST-05:30"
-    time.tzset()
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
-
-
 def test_default_timestamp_is_local_time_with_milliseconds(
-    local_zone_ist: None, nexuslims_db: Path, nexuslims_instruments: dict[str, Instrument]
+    local_zone_ist: timezone, nexuslims_db: Path, nexuslims_instruments: dict[str, Instrument]
 ) -> None:
     db_query(
         "INSERT INTO session_log (session_identifier, instrument, event_type) VALUES (?, ?, ?)",

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import sqlite3
-import time
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import pytest
 import pytz
@@ -62,24 +60,6 @@ def _row(path: Path, id_session_log: int) -> dict[str, Any]:
         ).fetchone()
     assert row is not None
     return dict(row)
-
-
-@pytest.fixture
-def local_zone_ist() -> Iterator[timezone]:
-    """Make the system's local zone UTC+05:30 (no DST) for the test."""
-    if not hasattr(time, "tzset"):
-        pytest.skip("needs time.tzset to set the local zone")
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "XST-05:30"
-    time.tzset()
-    try:
-        yield IST
-    finally:
-        if old is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
 
 
 @pytest.fixture
