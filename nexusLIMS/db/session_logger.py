@@ -37,8 +37,11 @@ def _log(
     at: Union[str, datetime, None],
 ) -> SessionLog:
     """Return the log to write; the time is now (local, with offset) when ``at`` is None."""
-    timestamp = now_local_iso() if at is None else at
-    return SessionLog(session_identifier, instrument, timestamp, event.value, user, status.value)  # type: ignore[arg-type]
+    if at is None:
+        timestamp = now_local_iso()
+    else:
+        timestamp = at.isoformat() if isinstance(at, datetime) else at
+    return SessionLog(session_identifier, instrument, timestamp, event.value, user, status.value)
 
 
 def _first_log(
