@@ -197,7 +197,7 @@ def read_instruments(conn: sqlite3.Connection) -> dict[str, Instrument]:
             raise ValueError(
                 f"Instrument {pid!r} in the instruments table has an unknown "
                 f"timezone {values['timezone']!r}; set it to an IANA name such as "
-                f"'America/New_York'"
+                f"{DEFAULT_TIMEZONE!r}"
             ) from None
     return instruments
 

@@ -225,6 +225,8 @@ def _clean_sessions(
             if parsed_from is None or parsed_to is None:
                 return None
             dt_from, dt_to = parsed_from, parsed_to
+        # Compared inline in the usual case (both naive or both aware): this
+        # loop is the hot path. Mixed ones go through session_span's rule.
         if (dt_from.tzinfo is None) is (dt_to.tzinfo is None):
             if dt_to < dt_from:
                 return None
