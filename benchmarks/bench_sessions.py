@@ -43,11 +43,11 @@ from typing import Any, Callable, Optional
 
 from dateutil.parser import isoparse
 
-from nexusLIMS.db.connection import ENV_DB_PATH, ENV_DB_PATH_2X
+from nexusLIMS.db.config import ENV_DB_PATH, ENV_DB_PATH_2X
 from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.schema import init_db
-from nexusLIMS.db.session import Session
 from nexusLIMS.db.session_handler import SessionLog, get_sessions_to_build, insert_logs
+from nexusLIMS.db.sessions import Session
 from nexusLIMS.instruments import Instrument, load_instruments
 
 Row = tuple[str, str, str, str, str, Optional[str]]

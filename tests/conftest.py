@@ -1,8 +1,10 @@
 """Shared test configuration.
 
-The fixtures ``nexuslims_db`` and ``nexuslims_instruments`` come from the
-package's own pytest plugin (``nexusLIMS.db.pytest_plugin``), registered by
-the ``pytest11`` entry point when the package is installed.
+The fixtures ``nexuslims_db``, ``nexuslims_instruments``,
+``nexuslims_postgres_db`` and ``nexuslims_database`` (both backends) come from
+the package's own pytest plugin (``nexusLIMS.db.pytest_plugin``), registered
+by the ``pytest11`` entry point when the package is installed. Shared helpers
+are in ``helpers.py``.
 """
 
 from __future__ import annotations

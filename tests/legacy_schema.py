@@ -1,14 +1,21 @@
-"""A database as NexusLIMS 1.4's creation script made it, for compatibility tests.
+"""Databases as other NexusLIMS releases made them, for compatibility tests.
 
-NexusLIMS 1.4 created its database with a SQL script exported from MySQL
-Workbench: backquoted names, the columns and constraints of the contract's
-schema, but a ``record_status`` CHECK that lists only five statuses (it forgot
-``NO_CONSENT`` and ``NO_RESERVATION``; ``BUILT_NOT_EXPORTED`` came with 2.x)
-and no indexes beyond those its UNIQUE constraints imply.
+:func:`make_legacy_db` builds what NexusLIMS 1.4's creation script built: the
+identifiers in double quotes, ``id_session_log`` declared ``INTEGER NOT NULL``
+with a separate ``UNIQUE`` constraint and ``PRIMARY KEY(... AUTOINCREMENT)``,
+a foreign key that says ``ON DELETE CASCADE ON UPDATE CASCADE`` (1.4 never
+turned foreign keys on, so it never cascaded), one index on
+``session_log.instrument`` and a ``record_status`` CHECK that lists only five
+statuses (it forgot ``NO_CONSENT`` and ``NO_RESERVATION``;
+``BUILT_NOT_EXPORTED`` came with 2.x). ``PRAGMA user_version`` stays 0.
 
-Use it from a test module in ``tests/`` with::
+:func:`make_2x_db` builds the shape of a NexusLIMS 2.x database, which this
+package must refuse: an ``alembic_version`` table, 2.x's ``instruments``
+columns and 1.4's ``session_log`` columns.
 
-    from legacy_schema import LEGACY_1_4_SCHEMA, make_legacy_db
+Use them from a test module in ``tests/`` with::
+
+    from legacy_schema import LEGACY_1_4_SCHEMA, make_2x_db, make_legacy_db
 """
 
 from __future__ import annotations
@@ -19,56 +26,103 @@ from contextlib import closing
 from pathlib import Path
 from typing import Union
 
-__all__ = ["LEGACY_1_4_SCHEMA", "LEGACY_1_4_STATUSES", "make_legacy_db"]
+__all__ = [
+    "LEGACY_1_4_INDEX",
+    "LEGACY_1_4_SCHEMA",
+    "LEGACY_1_4_STATUSES",
+    "NEXUSLIMS_2X_COLUMNS",
+    "NEXUSLIMS_2X_REVISION",
+    "make_2x_db",
+    "make_legacy_db",
+]
 
 #: The statuses the 1.4 ``record_status`` CHECK allows.
 LEGACY_1_4_STATUSES = ("COMPLETED", "WAITING_FOR_END", "TO_BE_BUILT", "ERROR", "NO_FILES_FOUND")
 
-#: The table definitions of NexusLIMS 1.4's creation script.
+#: The one index of NexusLIMS 1.4's script (besides those of its constraints).
+LEGACY_1_4_INDEX = "session_log.fk_instrument_idx"
+
+#: The tables and index of NexusLIMS 1.4's creation script.
 LEGACY_1_4_SCHEMA = """
-CREATE TABLE `instruments`(
-  `instrument_pid` VARCHAR(100) PRIMARY KEY NOT NULL,
-  `api_url` TEXT NOT NULL,
-  `calendar_name` TEXT NOT NULL,
-  `calendar_url` TEXT NOT NULL,
-  `location` VARCHAR(100) NOT NULL,
-  `schema_name` TEXT NOT NULL,
-  `property_tag` VARCHAR(20) NOT NULL,
-  `filestore_path` TEXT NOT NULL,
-  `computer_name` TEXT,
-  `computer_ip` VARCHAR(15),
-  `computer_mount` TEXT,
-  `harvester` TEXT,
-  `timezone` TEXT NOT NULL DEFAULT 'America/New_York',
-  CONSTRAINT `api_url_UNIQUE`
-    UNIQUE(`api_url`),
-  CONSTRAINT `computer_name_UNIQUE`
-    UNIQUE(`computer_name`),
-  CONSTRAINT `computer_ip_UNIQUE`
-    UNIQUE(`computer_ip`)
+BEGIN TRANSACTION;
+CREATE TABLE IF NOT EXISTS "instruments" (
+    "instrument_pid"  VARCHAR(100) NOT NULL,
+    "api_url"         TEXT NOT NULL,
+    "calendar_name"   TEXT NOT NULL,
+    "calendar_url"    TEXT NOT NULL,
+    "location"        VARCHAR(100) NOT NULL,
+    "schema_name"     TEXT NOT NULL,
+    "property_tag"    VARCHAR(20) NOT NULL,
+    "filestore_path"  TEXT NOT NULL,
+    "computer_name"   TEXT,
+    "computer_ip"     VARCHAR(15),
+    "computer_mount"  TEXT,
+    "harvester"       TEXT,
+    "timezone"        TEXT NOT NULL DEFAULT 'America/New_York',
+    CONSTRAINT "instrument_pid_UNIQUE" UNIQUE("instrument_pid"),
+    PRIMARY KEY("instrument_pid"),
+    CONSTRAINT "computer_ip_UNIQUE" UNIQUE("computer_ip"),
+    CONSTRAINT "api_url_UNIQUE" UNIQUE("api_url"),
+    CONSTRAINT "computer_name_UNIQUE" UNIQUE("computer_name")
 );
-CREATE TABLE `session_log`(
-  `id_session_log` INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
-  `session_identifier` VARCHAR(36) NOT NULL,
-  `instrument` VARCHAR(100) NOT NULL,
-  `timestamp` DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f', 'now', 'localtime')),
-  `event_type` TEXT NOT NULL
-    CHECK(`event_type` IN('START', 'END', 'RECORD_GENERATION')),
-  `record_status` TEXT NOT NULL DEFAULT 'WAITING_FOR_END'
-    CHECK(`record_status` IN('COMPLETED', 'WAITING_FOR_END', 'TO_BE_BUILT', 'ERROR',
-                             'NO_FILES_FOUND')),
-  `user` VARCHAR(50),
-  CONSTRAINT `fk_instrument`
-    FOREIGN KEY(`instrument`)
-    REFERENCES `instruments`(`instrument_pid`)
-    ON DELETE CASCADE
-    ON UPDATE CASCADE
+CREATE TABLE IF NOT EXISTS "session_log" (
+    "id_session_log"      INTEGER NOT NULL,
+    "session_identifier"  VARCHAR(36) NOT NULL,
+    "instrument"          VARCHAR(100) NOT NULL,
+    "timestamp"           DATETIME NOT NULL
+                          DEFAULT (strftime('%Y-%m-%dT%H:%M:%f', 'now', 'localtime')),
+    "event_type"          TEXT NOT NULL
+                          CHECK("event_type" IN ('START', 'END', 'RECORD_GENERATION')),
+    "record_status"       TEXT NOT NULL DEFAULT 'WAITING_FOR_END'
+                          CHECK("record_status" IN ('COMPLETED', 'WAITING_FOR_END',
+                                                    'TO_BE_BUILT', 'ERROR', 'NO_FILES_FOUND')),
+    "user"                VARCHAR(50),
+    CONSTRAINT "fk_instrument" FOREIGN KEY("instrument")
+        REFERENCES "instruments"("instrument_pid") ON DELETE CASCADE ON UPDATE CASCADE,
+    CONSTRAINT "id_session_log_UNIQUE" UNIQUE("id_session_log"),
+    PRIMARY KEY("id_session_log" AUTOINCREMENT)
+);
+CREATE INDEX IF NOT EXISTS "session_log.fk_instrument_idx" ON "session_log" ("instrument");
+COMMIT;
+"""
+
+#: The alembic revision :func:`make_2x_db` stores by default.
+NEXUSLIMS_2X_REVISION = "v2_5_0b"
+
+#: The columns of NexusLIMS 2.x's ``instruments`` table (after revision v2_5_0b).
+NEXUSLIMS_2X_COLUMNS = ("instrument_pid", "api_url", "calendar_url", "location", "display_name",
+                        "property_tag", "filestore_path", "harvester", "timezone")
+
+_NEXUSLIMS_2X_SCHEMA = """
+CREATE TABLE alembic_version (
+    version_num VARCHAR(32) NOT NULL,
+    CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
+);
+CREATE TABLE instruments (
+    instrument_pid VARCHAR(100) NOT NULL PRIMARY KEY,
+    api_url TEXT NOT NULL UNIQUE,
+    calendar_url TEXT NOT NULL,
+    location VARCHAR(100) NOT NULL,
+    display_name TEXT NOT NULL,
+    property_tag VARCHAR(20) NOT NULL,
+    filestore_path TEXT NOT NULL,
+    harvester TEXT,
+    timezone TEXT NOT NULL DEFAULT 'America/New_York'
+);
+CREATE TABLE session_log (
+    id_session_log INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    session_identifier VARCHAR(36) NOT NULL,
+    instrument VARCHAR(100) NOT NULL REFERENCES instruments (instrument_pid),
+    timestamp DATETIME NOT NULL,
+    event_type TEXT NOT NULL,
+    record_status TEXT NOT NULL DEFAULT 'WAITING_FOR_END',
+    user VARCHAR(50)
 );
 """
 
 
 def make_legacy_db(path: Union[str, os.PathLike[str]]) -> Path:
-    """Create a database at ``path`` exactly as NexusLIMS 1.4's script did.
+    """Create a database at ``path`` as NexusLIMS 1.4's script did.
 
     The tables are empty and ``PRAGMA user_version`` is 0. The connection is
     closed before returning.
@@ -81,4 +135,36 @@ def make_legacy_db(path: Union[str, os.PathLike[str]]) -> Path:
     db_path = Path(path)
     with closing(sqlite3.connect(db_path)) as conn:
         conn.executescript(LEGACY_1_4_SCHEMA)
+    return db_path
+
+
+def make_2x_db(path: Union[str, os.PathLike[str]], revision: str = NEXUSLIMS_2X_REVISION) -> Path:
+    """Create a database at ``path`` shaped like NexusLIMS 2.x's, at alembic ``revision``.
+
+    One instrument and one START log are stored, so that a test can tell
+    that nothing was changed. ``PRAGMA user_version`` stays 0, as 2.x leaves it.
+
+    Returns
+    -------
+    pathlib.Path
+        The path of the new database.
+    """
+    db_path = Path(path)
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.executescript(_NEXUSLIMS_2X_SCHEMA)
+        with conn:
+            conn.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (revision,))
+            conn.execute(
+                f"INSERT INTO instruments ({', '.join(NEXUSLIMS_2X_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(NEXUSLIMS_2X_COLUMNS))})",
+                ("FEI-Titan-TEM-635816", "https://nemo.example.org/api/tools/?id=1",
+                 "https://nemo.example.org/calendar/titan-tem/", "Building 217, Room F131",
+                 "FEI Titan TEM", "635816", "./Titan", "nemo", "America/New_York"),
+            )
+            conn.execute(
+                "INSERT INTO session_log (session_identifier, instrument, timestamp, "
+                "event_type, record_status, user) VALUES (?, ?, ?, ?, ?, ?)",
+                ("s-2x", "FEI-Titan-TEM-635816", "2024-05-01T10:00:00.000-04:00", "START",
+                 "TO_BE_BUILT", "alice"),
+            )
     return db_path

@@ -1,18 +1,22 @@
 """Issue 3, point 5: no partial writes, no leaked connections.
 
 A writer process is killed with SIGKILL in the middle of one ``insert_logs``
-of 50,000 logs; a batch whose last row fails a constraint is rolled back; and
-every failing operation closes its connection.
+of many logs; a batch whose last row fails a constraint is rolled back; and
+every failing operation closes its connection (seen through
+:func:`nexusLIMS.db.connection.tracing`, the process's open files and the
+absence of ResourceWarnings).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import multiprocessing
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import time
 import warnings
 from datetime import datetime
@@ -20,35 +24,48 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from helpers import TITAN
 
-from nexusLIMS.db import make_db_query
-from nexusLIMS.db.connection import ENV_DB_PATH, ENV_TIMEOUT
-from nexusLIMS.db.pairing import get_sessions_to_build
-from nexusLIMS.db.session import Session
-from nexusLIMS.db.session_handler import db_query
-from nexusLIMS.db.session_log import SessionLog, insert_logs
+from nexusLIMS.db import DatabaseConfigError, make_db_query
+from nexusLIMS.db.connection import tracing
+from nexusLIMS.db.logs import SessionLog, insert_logs
+from nexusLIMS.db.session_handler import db_query, get_sessions_to_build
+from nexusLIMS.db.sessions import Session
 from nexusLIMS.instruments import Instrument
 
-TITAN = "FEI-Titan-TEM-635816"
-BATCH = 50_000  # logs in the write that is killed
+pytestmark = pytest.mark.slow
+
+ENV_DB_PATH = "nexusLIMS_db_path"
+ENV_TIMEOUT = "nexusLIMS_db_timeout"
+BATCH = 30_000  # logs in the write that is killed
 
 
-def _batch() -> list[SessionLog]:
+def _batch(count: int = BATCH) -> list[SessionLog]:
     return [
         SessionLog(
             f"batch-{i}", TITAN, f"2021-06-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}",
             "START" if i % 2 else "END", "alice",
         )
-        for i in range(BATCH)
+        for i in range(count)
     ]
 
 
-def _write_batch(path: str, started: Any) -> None:
-    """Insert :data:`BATCH` logs in one call, telling the parent just before."""
-    os.environ[ENV_DB_PATH] = path
-    logs = _batch()
-    started.set()
+_WRITER = textwrap.dedent(f"""
+    import sys
+    from nexusLIMS.db.logs import SessionLog, insert_logs
+
+    logs = [
+        SessionLog(
+            f"batch-{{i}}", {TITAN!r},
+            f"2021-06-01T{{i // 3600 % 24:02d}}:{{i // 60 % 60:02d}}:{{i % 60:02d}}",
+            "START" if i % 2 else "END", "alice",
+        )
+        for i in range({BATCH})
+    ]
+    print("started", flush=True)
     insert_logs(logs)
+    print("written", flush=True)
+""")
 
 
 def _query(path: Path, sql: str) -> Any:
@@ -73,32 +90,34 @@ def test_a_writer_killed_mid_write_leaves_all_or_nothing(
     before = _table(nexuslims_db)
     journal = nexuslims_db.with_name(nexuslims_db.name + "-journal")
 
-    ctx = multiprocessing.get_context("spawn")
-    started = ctx.Event()
-    child = ctx.Process(target=_write_batch, args=(str(nexuslims_db), started))
-    child.start()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITER], env={**os.environ, ENV_DB_PATH: str(nexuslims_db)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
     try:
-        assert started.wait(timeout=60), "the writer never started"
+        assert child.stdout is not None
+        assert child.stdout.readline() == "started\n", child.stderr and child.stderr.read()
         # The rollback journal appears with the write's first changed page
         # and is deleted by its commit: kill the writer while it exists.
         deadline = time.monotonic() + 60
-        while not journal.exists() and child.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.001)
+        while not journal.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.0005)
         assert journal.exists(), "the write did not start"
-        os.kill(child.pid or 0, signal.SIGKILL)
-        child.join(timeout=60)
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate(timeout=60)
     finally:
-        if child.is_alive():
+        if child.poll() is None:
             child.kill()
-            child.join()
-    assert child.exitcode == -signal.SIGKILL
+            child.communicate()
+    assert child.returncode == -signal.SIGKILL
+    assert "written" not in out
     # A journal left behind is "hot": the write was cut off before its commit.
     assert journal.exists()
 
     assert _query(nexuslims_db, "PRAGMA integrity_check") == [("ok",)]
     assert _table(nexuslims_db) == before  # none of the batch, all of the rest
     # The database is fully usable afterwards.
-    assert insert_logs(earlier + _batch()[:10]) == 10
+    assert insert_logs(earlier + _batch(10)) == 10
     assert [s.session_identifier for s in get_sessions_to_build(on_error="skip")] == ["earlier"]
 
 
@@ -113,9 +132,9 @@ def test_insert_logs_failing_on_its_last_row_writes_nothing(
         )
     before = _table(nexuslims_db)
     with pytest.raises(sqlite3.IntegrityError, match="refused"):
-        insert_logs(_batch()[:1000])
+        insert_logs(_batch(1000))
     assert _table(nexuslims_db) == before
-    assert insert_logs(_batch()[:999]) == 999
+    assert insert_logs(_batch(999)) == 999
 
 
 # --- every connection is closed on every path --------------------------------
@@ -136,6 +155,13 @@ def _lock_and(operation: Callable[[], object]) -> Callable[[dict[str, Instrument
             finally:
                 holder.execute("ROLLBACK")
     return locked
+
+
+def _bad_timeout(operation: Callable[[], object]) -> Callable[[dict[str, Instrument]], object]:
+    def with_bad_timeout(_: dict[str, Instrument]) -> object:
+        os.environ[ENV_TIMEOUT] = "soon"  # restored by the test's monkeypatch
+        return operation()
+    return with_bad_timeout
 
 
 FAILURES: dict[str, tuple[Callable[[dict[str, Instrument]], object], type[BaseException], str]] = {
@@ -174,7 +200,13 @@ FAILURES: dict[str, tuple[Callable[[dict[str, Instrument]], object], type[BaseEx
                   .insert_log()),
         sqlite3.OperationalError, "database is locked",
     ),
+    "bad lock timeout": (
+        _bad_timeout(lambda: SessionLog("t", TITAN, "2021-05-01T10:00:00", "START", None)
+                     .insert_log()),
+        DatabaseConfigError, ENV_TIMEOUT,
+    ),
 }
+NO_CONNECTION = {"unknown status", "bad lock timeout"}  # refused before anything is opened
 
 
 def _open_files(path: Path) -> list[str]:
@@ -188,7 +220,7 @@ def _open_files(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("case", list(FAILURES), ids=list(FAILURES))
+@pytest.mark.parametrize("case", FAILURES)
 def test_every_failing_operation_closes_its_connection(
     nexuslims_db: Path,
     nexuslims_instruments: dict[str, Instrument],
@@ -199,29 +231,20 @@ def test_every_failing_operation_closes_its_connection(
     assert SessionLog("s", TITAN, "2021-05-01T10:00:00", "START", None).insert_log()
     before = _table(nexuslims_db)
     monkeypatch.setenv(ENV_TIMEOUT, "0.05")
-    opened: list[sqlite3.Connection] = []
-    real_connect = sqlite3.connect
+    events: list[tuple[str, str]] = []
 
-    def spy(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn = real_connect(*args, **kwargs)
-        if "mode=rw" in str(args[0]):  # the library's connections, not the lock holder
-            opened.append(conn)
-        return conn
+    with tracing(lambda *event: events.append(event)), pytest.raises(error, match=message):
+        operation(nexuslims_instruments)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(sqlite3, "connect", spy)
-        with pytest.raises(error, match=message):
-            operation(nexuslims_instruments)
-
-    if case != "unknown status":  # refused before any connection is opened
-        assert opened, "the operation opened no connection"
-    for conn in opened:
-        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-            conn.execute("SELECT 1")
+    kinds = [kind for kind, _ in events]
+    if case not in NO_CONNECTION:
+        assert "open" in kinds, "the operation opened no connection"
+    assert kinds.count("open") == kinds.count("close"), events
     if os.path.isdir("/proc/self/fd"):
-        assert _open_files(nexuslims_db) == []
+        assert _open_files(nexuslims_db) == []  # closed now, not at garbage collection
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    monkeypatch.delenv(ENV_TIMEOUT)
     assert _table(nexuslims_db) == before

@@ -1,51 +1,65 @@
-"""Issue 3, point 4: pairing agrees with a small model on random databases.
+"""Pairing agrees with a small model on random databases (property tests, ``hypothesis``).
 
 ``hypothesis`` draws random mixes of START, END and RECORD_GENERATION logs
 over a handful of session identifiers, statuses, instruments (two of them
-missing from the ``instruments`` table) and timestamps (three unparseable).
-The model below states the rules of ``nexusLIMS.db.pairing`` directly: it
-groups the TO_BE_BUILT START/END logs by identifier and checks each group.
+missing from the ``instruments`` table) and timestamps (three unparseable,
+some in the hour repeated when daylight-saving time ends). The model below
+states the rules of ``nexusLIMS.db.sessions`` directly: it groups the
+TO_BE_BUILT START/END logs by identifier and checks each group.
 ``find_session_problems`` and ``get_sessions_to_build`` under every
-``on_error`` mode must agree with it.
+``on_error`` mode must agree with it, and ``mark`` must mark exactly the
+problem sessions. Every generated timestamp is years old, so the age rule
+of ``mark`` never holds a session back; a second property checks that rule
+with recent timestamps. Each example gets a fresh SQLite file; a smaller run
+goes to PostgreSQL. Also: stored timestamps read back as written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
 import shutil
-import sqlite3
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 from zoneinfo import ZoneInfo
 
 import pytest
 from dateutil.parser import isoparse
+from helpers import (
+    END_COUNT_PREFIX,
+    JEOL,
+    QUANTA,
+    TITAN,
+    Row,
+    insert_raw,
+    log,
+    session_key,
+    sql,
+    statuses,
+)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from nexusLIMS.db.connection import ENV_DB_PATH, ENV_DB_PATH_2X
+from nexusLIMS.db.config import DatabaseLocation
 from nexusLIMS.db.enums import ProblemKind
-from nexusLIMS.db.pairing import find_session_problems, get_sessions_to_build
+from nexusLIMS.db.instruments import Instrument
+from nexusLIMS.db.logs import insert_logs
 from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.schema import init_db
-from nexusLIMS.db.session import Session
+from nexusLIMS.db.sessions import find_session_problems, get_sessions_to_build
 
-TITAN = "FEI-Titan-TEM-635816"
-ZONES = {  # the sample instruments and their zones
-    TITAN: "America/New_York",
-    "FEI-Quanta-ESEM-633137": "America/New_York",
-    "JEOL-JEM3010-TEM-565989": "America/Denver",
-}
+pytestmark = pytest.mark.slow
+
+ZONES = {TITAN: "America/New_York", QUANTA: "America/New_York", JEOL: "America/Denver"}
 UNKNOWN = ["GHOST-1", "GHOST-2"]
-IDENTIFIERS = ["s1", "s2", "s3", "https://nemo.example.org/api/usage_events/?id=4"]
-GOOD_TIMES = [
+IDENTIFIERS = ["s1", "s2", "s3", "https://nemo.example.org/api/usage_events/?id=4", "s5", "s6"]
+MAY_TIMES = [
     "2021-05-01T09:00:00",
     "2021-05-01T10:00:00.250",
     "2021-05-01T12:30:00",
@@ -53,17 +67,26 @@ GOOD_TIMES = [
     "2021-05-01T10:15:00-04:00",
     "2021-05-01T16:45:00.5-06:00",
 ]
+# Clocks go back at 02:00 local time on 2021-11-07 in New York and Denver: 01:xx twice.
+NOVEMBER_TIMES = [
+    "2021-11-07T00:30:00",
+    "2021-11-07T01:10:00",
+    "2021-11-07T01:50:00.000",
+    "2021-11-07T02:30:00",
+    "2021-11-07T06:20:00+00:00",
+    "2021-11-07T01:40:00-04:00",
+]
+GOOD_TIMES = MAY_TIMES + NOVEMBER_TIMES
 BAD_TIMES = ["yesterday", "2021-13-01T00:00:00", ""]
 STATUSES = ["TO_BE_BUILT", "TO_BE_BUILT", "WAITING_FOR_END", "COMPLETED", "ERROR"]
 EVENTS = ["START", "END", "START", "END", "RECORD_GENERATION"]
 USERS = [None, "alice", "bob"]
-END_COUNT_PREFIX = "There was not exactly one 'END' log for this 'START' log; "
-
-# (session_identifier, instrument, timestamp, event_type, record_status, user)
-Row = tuple[str, str, str, str, str, Optional[str]]
+ZERO = timedelta(0)
+EXAMPLE_SETTINGS = {"derandomize": True, "database": None, "deadline": None}
 
 
-# --- the model -----------------------------------------------------------------
+# --- the model -------------------------------------------------------------------------
+
 
 @dataclass
 class Group:
@@ -73,34 +96,51 @@ class Group:
     ends: list[tuple[int, Row]] = field(default_factory=list)
 
 
-def _is_naive(timestamp: str) -> bool:
-    return isoparse(timestamp).tzinfo is None
+def _readings(text: str, zone: str) -> list[datetime]:
+    """The instants a good timestamp can mean: naive ones are local at the instrument."""
+    value = isoparse(text)
+    if value.tzinfo is not None:
+        return [value]
+    return [value.replace(tzinfo=ZoneInfo(zone), fold=fold).astimezone(timezone.utc)
+            for fold in (0, 1)]
 
 
-def _instant(timestamp: str, zone: str, other: str) -> datetime:
-    """Read a good timestamp; naive compared with aware means local at the instrument."""
-    value = isoparse(timestamp)
-    if value.tzinfo is None and isoparse(other).tzinfo is not None:
-        value = value.replace(tzinfo=ZoneInfo(zone))
-    return value
+def model_span(start: str, end: str, zone: str) -> timedelta:
+    """The shortest non-negative reading of the session, else the least negative one."""
+    spans = [e - s for s in _readings(start, zone) for e in _readings(end, zone)]
+    lengths = [length for length in spans if length >= ZERO]
+    return min(lengths) if lengths else max(spans)
 
 
-def model(rows: list[Row]) -> tuple[list[tuple[Any, ...]], list[tuple[str, ProblemKind, str]],
-                                    dict[str, list[int]]]:
-    """Return the expected sessions, problems and each group's log ids.
+@dataclass
+class Expected:
+    """What the model says: sessions (with durations), problems and each group's log ids."""
+
+    sessions: list[tuple[Any, ...]]
+    durations: list[timedelta]
+    problems: list[tuple[str, ProblemKind, str]]
+    ids: dict[str, list[int]]
+
+    @property
+    def bad(self) -> list[str]:
+        return list(dict.fromkeys(identifier for identifier, _, _ in self.problems))
+
+
+def model(logs: list[tuple[int, Row]]) -> Expected:
+    """Return the expected outcome for the stored ``(id, row)`` pairs.
 
     Sessions are ``(identifier, instrument, start, end, user)`` in order of
     their START's id; problems ``(identifier, kind, text the detail names)``
     with groups in order of their first id.
     """
     groups: dict[str, Group] = {}
-    for log_id, row in enumerate(rows, start=1):
-        identifier, _, _, event_type, status, _ = row
+    for log_id, values in sorted(logs):
+        identifier, _, _, event_type, status, _ = values
         if status == "TO_BE_BUILT" and event_type in ("START", "END"):
             group = groups.setdefault(identifier, Group())
-            (group.starts if event_type == "START" else group.ends).append((log_id, row))
+            (group.starts if event_type == "START" else group.ends).append((log_id, values))
 
-    sessions: list[tuple[int, tuple[Any, ...]]] = []
+    sessions: list[tuple[int, tuple[Any, ...], timedelta]] = []
     problems: list[tuple[str, ProblemKind, str]] = []
     for identifier, group in groups.items():
         found: list[tuple[ProblemKind, str]] = []
@@ -110,38 +150,36 @@ def model(rows: list[Row]) -> tuple[list[tuple[Any, ...]], list[tuple[str, Probl
             found.append((ProblemKind.MULTIPLE_STARTS, f"has {len(group.starts)} 'START'"))
         if not group.starts:
             found.append((ProblemKind.END_WITHOUT_START, "no 'START'"))
-        instruments = {row[1] for _, row in group.starts + group.ends}
+        instruments = {values[1] for _, values in group.starts + group.ends}
         found += [(ProblemKind.UNKNOWN_INSTRUMENT, repr(pid))
                   for pid in instruments if pid not in ZONES]
-        if found:
-            problems += [(identifier, kind, text) for kind, text in found]
-            continue
-        # Exactly one START and one END, on known instruments.
-        (start_id, start), (end_id, end) = group.starts[0], group.ends[0]
-        if start[1] != end[1]:
-            found.append((ProblemKind.INSTRUMENT_MISMATCH, f"ends on {end[1]!r}"))
-        found += [(ProblemKind.BAD_TIMESTAMP, f"log {log_id} ")
-                  for log_id, row in ((start_id, start), (end_id, end))
-                  if row[2] in BAD_TIMES]
         if not found:
-            zone = ZONES[start[1]]
-            if _instant(end[2], zone, start[2]) < _instant(start[2], zone, end[2]):
-                found.append((ProblemKind.END_BEFORE_START, "before it starts"))
-        if found:
-            problems += [(identifier, kind, text) for kind, text in found]
-        else:
-            dt_from, dt_to = isoparse(start[2]), isoparse(end[2])
-            sessions.append((start_id, (identifier, start[1], dt_from.isoformat(),
-                                        dt_to.isoformat(), start[5])))
+            # Exactly one START and one END, on known instruments.
+            (start_id, start), (end_id, end) = group.starts[0], group.ends[0]
+            if start[1] != end[1]:
+                found.append((ProblemKind.INSTRUMENT_MISMATCH, f"ends on {end[1]!r}"))
+            found += [(ProblemKind.BAD_TIMESTAMP, f"log {log_id} ")
+                      for log_id, values in ((start_id, start), (end_id, end))
+                      if values[2] in BAD_TIMES]
+            if not found:
+                length = model_span(start[2], end[2], ZONES[start[1]])
+                if length < ZERO:
+                    found.append((ProblemKind.END_BEFORE_START, "before it starts"))
+                else:
+                    sessions.append((start_id, (
+                        identifier, start[1], isoparse(start[2]).isoformat(),
+                        isoparse(end[2]).isoformat(), start[5]), length))
+        problems += [(identifier, kind, text) for kind, text in found]
     ids = {identifier: sorted(log_id for log_id, _ in group.starts + group.ends)
            for identifier, group in groups.items()}
-    return [session for _, session in sorted(sessions)], problems, ids
+    sessions.sort(key=lambda item: item[0])
+    return Expected([s for _, s, _ in sessions], [d for _, _, d in sessions], problems, ids)
 
 
-# --- random databases ------------------------------------------------------------
+# --- random databases ------------------------------------------------------------------
 
 _row = st.tuples(
-    st.sampled_from(IDENTIFIERS),
+    st.sampled_from(IDENTIFIERS[:4]),
     st.sampled_from([TITAN, TITAN, *ZONES, *UNKNOWN]),
     st.sampled_from(GOOD_TIMES * 3 + BAD_TIMES),
     st.sampled_from(EVENTS),
@@ -151,18 +189,20 @@ _row = st.tuples(
 
 
 @st.composite
-def databases(draw: st.DrawFn) -> list[Row]:
+def databases(draw: st.DrawFn, max_rows: int = 6, max_pairs: int = 5) -> list[Row]:
     """A shuffled mix of random logs and START/END pairs of TO_BE_BUILT logs.
 
-    Most pairs are on one instrument; their timestamps are any of the pool
-    in any order, so pairs can end before they start, mix naive and aware
-    times or have unparseable ones.
+    Most pairs are on one instrument, with both times on one day; in any
+    order, so pairs can end before they start, mix naive and aware times,
+    straddle a daylight-saving change or have unparseable times.
     """
-    rows: list[Row] = draw(st.lists(_row, max_size=8))
-    for identifier in draw(st.lists(st.sampled_from(IDENTIFIERS), max_size=4, unique=True)):
-        instrument = draw(st.sampled_from([TITAN, *ZONES, *UNKNOWN]))
-        end_instrument = draw(st.sampled_from([instrument] * 4 + [*ZONES, UNKNOWN[0]]))
-        start, end = draw(st.lists(st.sampled_from(GOOD_TIMES * 4 + BAD_TIMES), min_size=2,
+    rows: list[Row] = draw(st.lists(_row, max_size=max_rows))
+    for identifier in draw(st.lists(st.sampled_from(IDENTIFIERS), max_size=max_pairs,
+                                    unique=True)):
+        instrument = draw(st.sampled_from([TITAN, *ZONES, JEOL, UNKNOWN[0]]))
+        end_instrument = draw(st.sampled_from([instrument] * 8 + [*ZONES, UNKNOWN[1]]))
+        day = draw(st.sampled_from([MAY_TIMES, NOVEMBER_TIMES]))
+        start, end = draw(st.lists(st.sampled_from(day * 4 + BAD_TIMES), min_size=2,
                                    max_size=2))
         user = draw(st.sampled_from(USERS))
         rows += [(identifier, instrument, start, "START", "TO_BE_BUILT", user),
@@ -170,42 +210,36 @@ def databases(draw: st.DrawFn) -> list[Row]:
     return list(draw(st.permutations(rows)))
 
 
-# --- the test ------------------------------------------------------------------------
+# --- databases for the examples ----------------------------------------------------------
+
+
+@dataclass
+class Templates:
+    """An empty database with the sample instruments, copied for each example."""
+
+    template: Path
+    folder: Path
+    counter: Iterator[int] = field(default_factory=itertools.count)
+
+    @contextlib.contextmanager
+    def fresh(self, **env: str) -> Iterator[Path]:
+        """A new copy of the template, named by the environment (plus ``env``)."""
+        path = Path(shutil.copy(self.template, self.folder / f"db{next(self.counter)}.sqlite"))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("nexusLIMS_db_path", str(path))
+            patch.delenv("NX_DB_PATH", raising=False)
+            patch.delenv("nexusLIMS_db_mark_after", raising=False)
+            for name, value in env.items():
+                patch.setenv(name, value)
+            yield path
+        path.unlink()
+
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty database with the sample instruments, to copy for each example."""
-    path = init_db(tmp_path_factory.mktemp("template") / "template.sqlite")
-    add_sample_instruments(path)
-    return path
-
-
-@contextlib.contextmanager
-def _database(template: Path, rows: list[Row]) -> Iterator[Path]:
-    """A copy of ``template`` holding ``rows`` (ids 1, 2, ...), named by the environment."""
-    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
-        path = Path(shutil.copy(template, Path(folder) / "db.sqlite"))
-        with contextlib.closing(sqlite3.connect(path)) as conn, conn:  # foreign keys off
-            conn.executemany(
-                "INSERT INTO session_log (session_identifier, instrument, timestamp, "
-                "event_type, record_status, user) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        patch.setenv(ENV_DB_PATH, str(path))
-        patch.delenv(ENV_DB_PATH_2X, raising=False)
-        yield path
-
-
-def _statuses(path: Path) -> list[tuple[int, str]]:
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        return conn.execute(
-            "SELECT id_session_log, record_status FROM session_log ORDER BY id_session_log"
-        ).fetchall()
-
-
-def _key(session: Session) -> tuple[Any, ...]:
-    return (session.session_identifier, session.instrument.name,
-            session.dt_from.isoformat(), session.dt_to.isoformat(), session.user)
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Templates:
+    template = init_db(tmp_path_factory.mktemp("template") / "template.sqlite").path
+    add_sample_instruments(template)
+    return Templates(template, tmp_path_factory.mktemp("examples"))
 
 
 class _Warnings(logging.Handler):
@@ -218,7 +252,7 @@ class _Warnings(logging.Handler):
 
 
 @contextlib.contextmanager
-def _warnings() -> Iterator[list[str]]:
+def captured_warnings() -> Iterator[list[str]]:
     handler = _Warnings()
     logger = logging.getLogger("nexusLIMS")
     logger.addHandler(handler)
@@ -228,59 +262,207 @@ def _warnings() -> Iterator[list[str]]:
         logger.removeHandler(handler)
 
 
-@settings(max_examples=200, derandomize=True, database=None, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(rows=databases())
-def test_pairing_agrees_with_the_model(template: Path, rows: list[Row]) -> None:
-    sessions, problems, group_ids = model(rows)
-    for kind in {kind for _, kind, _ in problems}:
+def _keys(sessions: list[Any]) -> list[tuple[Any, ...]]:
+    return [session_key(s) for s in sessions]
+
+
+# --- the model-based property -------------------------------------------------------------
+
+
+def check_against_model(rows: list[Row], database: Optional[DatabaseLocation] = None) -> None:
+    """Insert ``rows`` into the database the environment names and compare with the model."""
+    expected = model(list(zip(insert_raw(rows), rows)))
+    for kind in {kind for _, kind, _ in expected.problems}:
         event(f"problem {kind.value}")  # see --hypothesis-show-statistics
-    event(f"{min(len(sessions), 2)}{'+' * (len(sessions) > 1)} sessions")
-    if any(_is_naive(start) != _is_naive(end) for _, _, start, end, _ in sessions):
-        event("a session mixes naive and aware times")
-    bad = list(dict.fromkeys(identifier for identifier, _, _ in problems))
-    with _database(template, rows) as path:
-        before = _statuses(path)
+    event(f"{min(len(expected.sessions), 2)}{'+' * (len(expected.sessions) > 1)} sessions")
+    if any(session[2].startswith("2021-11-07") for session in expected.sessions):
+        event("a session on the day daylight-saving time ends")
+    bad = expected.bad
+    before = statuses()
 
-        found = find_session_problems()
-        assert Counter((p.session_identifier, p.kind) for p in found) == Counter(
-            (identifier, kind) for identifier, kind, _ in problems
-        )
-        assert list(dict.fromkeys(p.session_identifier for p in found)) == bad
-        for identifier, kind, text in problems:
-            details = [p.detail for p in found
-                       if (p.session_identifier, p.kind) == (identifier, kind)]
-            assert any(text in detail for detail in details), (text, details)
-        for problem in found:
-            assert problem.log_ids == tuple(group_ids[problem.session_identifier])
+    found = find_session_problems()
+    assert Counter((p.session_identifier, p.kind) for p in found) == Counter(
+        (identifier, kind) for identifier, kind, _ in expected.problems)
+    assert list(dict.fromkeys(p.session_identifier for p in found)) == bad
+    for identifier, kind, text in expected.problems:
+        details = [p.detail for p in found if (p.session_identifier, p.kind) == (identifier, kind)]
+        assert any(text in detail for detail in details), (text, details)
+    for problem in found:
+        assert problem.log_ids == tuple(expected.ids[problem.session_identifier])
+        assert problem.markable  # every timestamp is years old
+    end_counts = [p for p in found if p.kind is ProblemKind.END_COUNT]
 
-        if problems:
-            # "raise" raises what 1.4 would have: the first START without
-            # exactly one END; failing that, the first problem found.
-            end_counts = [p for p in found if p.kind is ProblemKind.END_COUNT]
-            first = end_counts[0] if end_counts else found[0]
-            assert end_counts or first.session_identifier == bad[0]
-            with pytest.raises(ValueError, match=f"^{re.escape(first.detail)}$"):
-                get_sessions_to_build()
-            if first.kind is ProblemKind.END_COUNT:
-                assert first.detail.startswith(END_COUNT_PREFIX)
-        else:
-            assert [_key(s) for s in get_sessions_to_build()] == sessions
-        assert _statuses(path) == before
+    # strict: the first END-count problem, failing that the first problem.
+    if found:
+        first = (end_counts or found)[0]
+        assert end_counts or first.session_identifier == bad[0]
+        with pytest.raises(ValueError, match=f"^{re.escape(first.detail)}$"):
+            get_sessions_to_build(on_error="strict")
+    else:
+        assert _keys(get_sessions_to_build(on_error="strict")) == expected.sessions
+    assert statuses() == before
 
-        with _warnings() as messages:
-            assert [_key(s) for s in get_sessions_to_build(on_error="skip")] == sessions
+    # raise (the default, as 1.4): only the END count raises; the rest is skipped.
+    if end_counts:
+        assert end_counts[0].detail.startswith(END_COUNT_PREFIX)
+        with pytest.raises(ValueError, match=f"^{re.escape(end_counts[0].detail)}$"):
+            get_sessions_to_build()
+    else:
+        with captured_warnings() as messages:
+            sessions = get_sessions_to_build()
+        assert _keys(sessions) == expected.sessions
+        assert [s.duration for s in sessions] == expected.durations
         assert len(messages) == len(bad)
-        for identifier, message in zip(bad, messages):
-            assert repr(identifier) in message
-        assert _statuses(path) == before
+    assert statuses() == before
 
-        with _warnings() as messages:
-            assert [_key(s) for s in get_sessions_to_build(on_error="mark")] == sessions
-        assert len(messages) == len(bad)
-        marked = {log_id for identifier in bad for log_id in group_ids[identifier]}
-        assert _statuses(path) == [
-            (log_id, "ERROR" if log_id in marked else status) for log_id, status in before
-        ]
-        assert find_session_problems() == []
-        assert [_key(s) for s in get_sessions_to_build()] == sessions
+    with captured_warnings() as messages:
+        assert _keys(get_sessions_to_build(on_error="skip")) == expected.sessions
+    assert len(messages) == len(bad)
+    for identifier, message in zip(bad, messages):
+        assert repr(identifier) in message
+    assert statuses() == before
+
+    with captured_warnings() as messages:
+        assert _keys(get_sessions_to_build(on_error="mark")) == expected.sessions
+    assert len(messages) == len(bad)
+    marked = {log_id for identifier in bad for log_id in expected.ids[identifier]}
+    assert statuses() == {log_id: "ERROR" if log_id in marked else status
+                          for log_id, status in before.items()}
+    assert find_session_problems() == []
+    assert _keys(get_sessions_to_build()) == expected.sessions
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], **EXAMPLE_SETTINGS)
+@given(rows=databases())
+def test_pairing_agrees_with_the_model(templates: Templates, rows: list[Row]) -> None:
+    with templates.fresh():
+        check_against_model(rows)
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow,
+                                                  HealthCheck.function_scoped_fixture],
+          **EXAMPLE_SETTINGS)
+@given(rows=databases(max_rows=4, max_pairs=3))
+def test_pairing_agrees_with_the_model_on_postgresql(
+    nexuslims_postgres_db: DatabaseLocation, nexuslims_instruments: dict[str, Instrument],
+    rows: list[Row],
+) -> None:
+    sql("DELETE FROM session_log")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("nexusLIMS_db_mark_after", raising=False)
+        check_against_model(rows)
+
+
+def test_the_model_reads_a_session_across_the_change() -> None:
+    """The model itself: 01:50 EDT to 01:10 EST is 20 minutes."""
+    assert model_span("2021-11-07T01:50:00", "2021-11-07T01:10:00", ZONES[QUANTA]) == timedelta(
+        minutes=20)
+    assert model_span("2021-11-08T01:50:00", "2021-11-08T01:20:00", ZONES[QUANTA]) == timedelta(
+        minutes=-30)
+
+
+# --- the age rule of mark -----------------------------------------------------------------
+
+KINDS = ["lone start", "lone end", "pair", "two ends", "old start", "old end"]
+MARK_AFTER = "3h"  # recent logs are at most 40 minutes old, old ones at least 5 hours
+
+
+@st.composite
+def recent_databases(draw: st.DrawFn) -> tuple[list[tuple[str, str]], list[Row]]:
+    """Sessions of every kind with timestamps around now; returns (identifier, kind) and rows."""
+    now = datetime.now(timezone.utc)
+    kinds = draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=6))
+    groups: list[tuple[str, str]] = []
+    rows: list[Row] = []
+    for number, kind in enumerate(kinds):
+        identifier = f"g{number}"
+        instrument = draw(st.sampled_from(sorted(ZONES)))
+        minutes = draw(st.integers(min_value=300, max_value=5000) if kind.startswith("old")
+                       else st.integers(min_value=-10, max_value=40))
+        moment = now - timedelta(minutes=minutes)
+
+        def text(at: datetime, instrument: str = instrument) -> str:
+            if draw(st.booleans()):  # naive: local time at the instrument
+                return at.astimezone(ZoneInfo(ZONES[instrument])).replace(tzinfo=None).isoformat()
+            return at.isoformat()
+
+        user = draw(st.sampled_from(USERS))
+        if kind in ("lone start", "old start", "pair", "two ends"):
+            rows.append((identifier, instrument, text(moment), "START", "TO_BE_BUILT", user))
+        ends = {"lone end": 1, "old end": 1, "pair": 1, "two ends": 2}.get(kind, 0)
+        rows += [(identifier, instrument, text(moment + timedelta(minutes=1 + n)), "END",
+                  "TO_BE_BUILT", user) for n in range(ends)]
+        groups.append((identifier, kind))
+    return groups, list(draw(st.permutations(rows)))
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow], **EXAMPLE_SETTINGS)
+@given(database=recent_databases())
+def test_recent_lone_logs_are_never_marked(
+    templates: Templates, database: tuple[list[tuple[str, str]], list[Row]]
+) -> None:
+    groups, rows = database
+    with templates.fresh(nexusLIMS_db_mark_after=MARK_AFTER):
+        ids: dict[str, list[int]] = {}
+        for log_id, values in zip(insert_raw(rows), rows):
+            ids.setdefault(values[0], []).append(log_id)
+        kinds = dict(groups)
+        problems = find_session_problems()
+        assert {p.session_identifier: p.markable for p in problems} == {
+            identifier: kind in ("old start", "old end", "two ends")
+            for identifier, kind in groups if kind != "pair"}
+        before = statuses()
+        sessions = get_sessions_to_build(on_error="mark")
+        assert sorted(s.session_identifier for s in sessions) == sorted(
+            identifier for identifier, kind in groups if kind == "pair")
+        assert statuses() == {**before, **{
+            log_id: "ERROR" for identifier, kind in groups
+            if kind in ("old start", "old end", "two ends") for log_id in ids[identifier]}}
+        # What was not marked is still there, and still not marked next time.
+        assert {p.session_identifier for p in find_session_problems()} == {
+            identifier for identifier, kind in kinds.items() if kind in ("lone start", "lone end")}
+        get_sessions_to_build(on_error="mark")
+        assert statuses() == {**before, **{
+            log_id: "ERROR" for identifier, kind in groups
+            if kind in ("old start", "old end", "two ends") for log_id in ids[identifier]}}
+
+
+# --- stored timestamps read back as written ------------------------------------------------
+
+_offsets = st.one_of(
+    st.none(),
+    st.integers(min_value=-14 * 4, max_value=14 * 4).map(
+        lambda q: timezone(timedelta(minutes=15 * q))
+    ),
+)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          **EXAMPLE_SETTINGS)
+@given(
+    start=st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2999, 12, 30)),
+    length=st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=30)),
+    zone=_offsets,
+    sep=st.sampled_from(["T", " "]),
+    spec=st.sampled_from(["seconds", "milliseconds", "microseconds"]),
+)
+def test_stored_timestamps_round_trip(
+    nexuslims_instruments: dict[str, Instrument],
+    start: datetime,
+    length: timedelta,
+    zone: Optional[timezone],
+    sep: str,
+    spec: str,
+) -> None:
+    sql("DELETE FROM session_log")
+    dt_from = start.replace(tzinfo=zone)
+    dt_to = dt_from + length
+    event("naive" if zone is None else "with an offset")
+    insert_logs([log("s", "START", dt_from.isoformat(sep, spec)),
+                 log("s", "END", dt_to.isoformat(sep, spec))])
+    [session] = get_sessions_to_build()
+    expected_from = datetime.fromisoformat(dt_from.isoformat(sep, spec))
+    expected_to = datetime.fromisoformat(dt_to.isoformat(sep, spec))
+    assert (session.dt_from, session.dt_to) == (expected_from, expected_to)
+    assert session.dt_from.utcoffset() == dt_from.utcoffset()
+    assert session.dt_to.utcoffset() == dt_to.utcoffset()

@@ -1,210 +1,223 @@
 """The one way to the NexusLIMS database.
 
-Every query of the package goes through :func:`connect`: it resolves the path
-from the environment at call time, refuses to create a missing file, turns
-foreign keys on, waits for locks, runs one transaction and always closes.
+Every query of the package goes through :func:`connect`: it resolves the
+database from the environment at call time, refuses to create a missing
+file, turns foreign keys on, bounds lock waits by ``nexusLIMS_db_timeout``,
+runs one transaction and always closes. SQL is written once, with ``?``
+placeholders, for every backend.
+
+:func:`tracing` shows every connection and statement to a callback, which is
+how the tests see the SQL and the transactions.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path, PurePath
-from typing import Iterator, Literal, Optional, Union
-from urllib.parse import quote
+from typing import Any, Callable, Iterator, Optional, Union
 
-from nexusLIMS.db.errors import DatabaseConfigError, DatabaseNotFoundError
+from nexusLIMS.db.backends import Backend, Begin, backend_for
+from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database, lock_timeout
 
-__all__ = [
-    "DEFAULT_TIMEOUT",
-    "ENV_DB_PATH",
-    "ENV_DB_PATH_2X",
-    "ENV_TIMEOUT",
-    "Begin",
-    "backup_database",
-    "connect",
-    "db_timeout",
-    "resolve_db_path",
-    "sqlite_uri",
-]
+__all__ = ["Begin", "Connection", "Params", "Tracer", "connect", "tracing"]
 
 logger = logging.getLogger(__name__)
 
-ENV_DB_PATH = "nexusLIMS_db_path"
-ENV_DB_PATH_2X = "NX_DB_PATH"
-ENV_TIMEOUT = "nexusLIMS_db_timeout"
-DEFAULT_TIMEOUT = 30.0
+#: The values of a statement's placeholders.
+Params = Union[Sequence[Any], Mapping[str, Any]]
+#: A callback given ``(event, text)``: ``("open", location)``,
+#: ``("execute", sql)``, ``("executemany", sql)`` or ``("close", location)``.
+Tracer = Callable[[str, str], None]
 
-PathLike = Union[str, "os.PathLike[str]"]
-Begin = Optional[Literal["DEFERRED", "IMMEDIATE"]]
+_tracers: list[Tracer] = []
+_tracers_lock = threading.Lock()
 
 
-def resolve_db_path(path: Optional[PathLike] = None, *, must_exist: bool = True) -> Path:
-    """Return the database path: ``path`` if given, else from the environment.
+@contextmanager
+def tracing(tracer: Tracer) -> Iterator[Tracer]:
+    """Show every connection opened and statement run, in this block, to ``tracer``.
 
-    The environment is read at every call: ``nexusLIMS_db_path``, or
-    ``NX_DB_PATH`` when the former is unset or empty.
-
-    Parameters
-    ----------
-    path
-        An explicit path, which takes precedence over the environment.
-    must_exist
-        Raise :class:`DatabaseNotFoundError` when the file does not exist.
-
-    Raises
+    Yields
     ------
-    DatabaseConfigError
-        Neither an explicit path nor either variable is set.
-    DatabaseNotFoundError
-        ``must_exist`` and no file exists at the path.
+    Tracer
+        ``tracer`` itself.
     """
-    source = "the path given"
-    if path is None or str(path) == "":
-        for var in (ENV_DB_PATH, ENV_DB_PATH_2X):
-            value = os.environ.get(var)
-            if value:
-                path, source = value, var
-                break
-        else:
-            raise DatabaseConfigError(
-                f"No NexusLIMS database configured: set the environment variable "
-                f"{ENV_DB_PATH} (or {ENV_DB_PATH_2X}) to the path of the SQLite file"
-            )
-    resolved = Path(path)
-    if must_exist and not resolved.is_file():
-        what = "is not a file" if resolved.exists() else "does not exist"
-        raise DatabaseNotFoundError(
-            f"NexusLIMS database {str(resolved)!r} (from {source}) {what}; "
-            f"no database was created (use init_db or 'nexuslims-db init' to make one)"
-        )
-    return resolved
-
-
-def db_timeout() -> float:
-    """Return how many seconds a connection waits for a lock.
-
-    ``nexusLIMS_db_timeout`` (seconds) when set, else :data:`DEFAULT_TIMEOUT`.
-
-    Raises
-    ------
-    DatabaseConfigError
-        The variable is set to something that is not a non-negative number.
-    """
-    raw = os.environ.get(ENV_TIMEOUT)
-    if raw is None or raw.strip() == "":
-        return DEFAULT_TIMEOUT
+    with _tracers_lock:
+        _tracers.append(tracer)
     try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise DatabaseConfigError(
-            f"{ENV_TIMEOUT} must be a number of seconds (e.g. 30), not {raw!r}"
-        )
-    return value
+        yield tracer
+    finally:
+        with _tracers_lock:
+            _tracers.remove(tracer)
 
 
-def sqlite_uri(path: PurePath) -> str:
-    """Return the SQLite ``file:`` URI of an absolute path (query string not included).
+class Connection:
+    """An open connection to the NexusLIMS database, as :func:`connect` yields it.
 
-    Unlike :meth:`pathlib.Path.as_uri`, a Windows UNC path (a share on a file
-    server) gives an empty authority, ``file:////server/share/...``, which
-    SQLite accepts; ``?``, ``#`` and ``%`` in names are percent-encoded.
+    Statements use ``?`` placeholders (or ``:name`` with a mapping) on every
+    backend. Errors are the driver's own, with a clearer message where the
+    driver's names no file or server.
     """
-    posix = path.as_posix()
-    if not posix.startswith("/"):  # a drive path: C:/data -> /C:/data
-        posix = "/" + posix
-    prefix = "file://" if posix.startswith("//") else "file:"
-    return prefix + quote(posix, safe="/:")
 
+    def __init__(
+        self, raw: Any, backend: Backend, location: DatabaseLocation, tracers: list[Tracer],
+        timeout: float,
+    ) -> None:
+        self.raw = raw
+        """The driver's connection (``sqlite3.Connection`` or ``psycopg.Connection``)."""
+        self.backend = backend
+        self.location = location
+        self._tracers = tracers
+        self._timeout = timeout
 
-def _open(path: Path, *, create: bool, foreign_keys: bool = True) -> sqlite3.Connection:
-    # mode=rw makes SQLite itself refuse to create the file, even if it was
-    # removed after resolve_db_path looked; mode=rwc is used only by init_db.
-    mode = "rwc" if create else "rw"
-    uri = f"{sqlite_uri(path.absolute())}?mode={mode}"
-    conn = sqlite3.connect(uri, uri=True, timeout=db_timeout(), isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.backend.name
+
+    def _trace(self, event: str, text: str) -> None:
+        for tracer in self._tracers:
+            tracer(event, text)
+
+    def _explained(self, exc: BaseException) -> BaseException:
+        return self.backend.explain(exc, self.location) or exc
+
+    def execute(self, sql: str, params: Params = ()) -> Any:
+        """Run one statement; return the driver's cursor (``fetchone``, ``rowcount``, ...)."""
+        self._trace("execute", sql)
+        try:
+            return self.backend.execute(self, sql, params, self._timeout)
+        except self.backend.driver_errors as exc:
+            better = self._explained(exc)
+            if better is exc:
+                raise
+            raise better from exc
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        """Run one statement for each row of ``rows``."""
+        if not rows:
+            return
+        self._trace("executemany", sql)
+        try:
+            self.backend.executemany(self, sql, rows)
+        except self.backend.driver_errors as exc:
+            better = self._explained(exc)
+            if better is exc:
+                raise
+            raise better from exc
+
+    def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Run a query and return all its rows as tuples."""
+        return list(self.execute(sql, params).fetchall())
+
+    def fetchone(self, sql: str, params: Params = ()) -> Optional[tuple[Any, ...]]:
+        """Run a query and return its first row, or None."""
+        row = self.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    def scalar(self, sql: str, params: Params = ()) -> Any:
+        """Run a query and return the first column of its first row (None if no row)."""
+        row = self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    def insert(self, sql: str, params: Params = (), *, key: str) -> int:
+        """Run an INSERT of one row and return its ``key`` column (its generated id)."""
+        self._trace("execute", sql)
+        try:
+            return self.backend.insert_id(self, sql, params, key)
+        except self.backend.driver_errors as exc:
+            better = self._explained(exc)
+            if better is exc:
+                raise
+            raise better from exc
+
+    def begin(self, mode: str = "DEFERRED") -> None:
+        """Start a transaction: ``"DEFERRED"``, or ``"IMMEDIATE"`` to take the writers' lock."""
+        self._trace("execute", f"BEGIN {mode}")
+        try:
+            self.backend.begin(self, mode, self._timeout)
+        except self.backend.driver_errors as exc:
+            better = self._explained(exc)
+            if better is exc:
+                raise
+            raise better from exc
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open."""
+        return self.backend.in_transaction(self.raw)
+
+    def commit(self) -> None:
+        """Commit the open transaction."""
+        self.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Roll the open transaction back."""
+        self._trace("execute", "ROLLBACK")
+        self.raw.execute("ROLLBACK")
 
 
 @contextmanager
 def connect(
-    path: Optional[PathLike] = None,
+    database: Optional[DatabaseRef] = None,
     *,
     begin: Begin = "DEFERRED",
     create: bool = False,
     foreign_keys: bool = True,
-) -> Iterator[sqlite3.Connection]:
+    trace: Optional[Tracer] = None,
+) -> Iterator[Connection]:
     """Open the database, run one transaction, and always close it.
 
     Parameters
     ----------
-    path
-        The database file; by default from the environment (see
-        :func:`resolve_db_path`).
+    database
+        A path, URL or :class:`~nexusLIMS.db.config.DatabaseLocation`; by
+        default from the environment (see
+        :func:`~nexusLIMS.db.config.locate_database`).
     begin
         ``"DEFERRED"`` (reads, or one-statement writes), ``"IMMEDIATE"``
-        (takes the write lock at once: use it for any read-then-write) or
+        (takes the writers' lock at once: use it for any read-then-write) or
         ``None`` for autocommit, where each statement is its own transaction
         (what :func:`~nexusLIMS.db.make_db_query` needs to run any statement).
     create
-        Allow creating the file (only :func:`~nexusLIMS.db.init_db` does).
+        Allow creating the database file (only ``init_db`` does).
     foreign_keys
-        Enforce foreign keys (the default). Only a table rebuild that must
-        keep rows whose instrument is missing turns this off (see
-        :func:`~nexusLIMS.db.migrate_db`); SQLite ignores the setting inside
-        a transaction, so it is set here, before ``BEGIN``.
+        Enforce foreign keys (the default). Only a table rebuild turns this
+        off, to keep rows whose instrument is missing.
+    trace
+        Also show this connection's statements to ``trace`` (see :func:`tracing`).
 
     Yields
     ------
-    sqlite3.Connection
+    Connection
         The open connection. The transaction is committed when the block
         ends normally and rolled back when it raises.
     """
-    db_path = resolve_db_path(path, must_exist=not create)
-    if create:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-    conn = _open(db_path, create=create, foreign_keys=foreign_keys)
+    location = locate_database(database, must_exist=not create)
+    backend = backend_for(location)
+    timeout = lock_timeout()  # a bad setting fails here, before anything is opened
+    with _tracers_lock:
+        tracers = [*_tracers, *([trace] if trace else [])]
+    raw = backend.open(location, create=create, foreign_keys=foreign_keys)
+    for tracer in tracers:
+        tracer("open", location.describe())
+    conn = Connection(raw, backend, location, tracers, timeout)
     try:
         if begin is not None:
-            conn.execute(f"BEGIN {begin}")
+            conn.begin(begin)
         yield conn
         if conn.in_transaction:
-            conn.execute("COMMIT")
+            conn.commit()
     except BaseException:
-        if conn.in_transaction:
-            conn.rollback()
+        try:
+            if conn.in_transaction:
+                conn.rollback()
+        except backend.driver_errors:  # the connection itself failed: nothing to undo
+            logger.debug("Rollback failed on %s", location, exc_info=True)
         raise
     finally:
-        conn.close()
-
-
-def backup_database(path: Optional[PathLike], target: PathLike) -> Path:
-    """Copy the database to ``target`` with SQLite's online backup API.
-
-    The copy is consistent even while other processes write to the source.
-
-    Raises
-    ------
-    FileExistsError
-        ``target`` already exists (a backup never overwrites anything).
-    """
-    target_path = Path(target)
-    if target_path.exists():
-        raise FileExistsError(f"Backup target {str(target_path)!r} already exists")
-    with connect(path, begin=None) as source:
-        destination = _open(target_path, create=True)
-        try:
-            source.backup(destination)
-        finally:
-            destination.close()
-    logger.info("Backed up the database to %s", target_path)
-    return target_path
+        backend.release(location, conn.raw)
+        for tracer in tracers:
+            tracer("close", location.describe())

@@ -1,8 +1,7 @@
 """The allowed values of ``session_log``: the one source of truth.
 
-The CHECK constraints of ``schema.sql``, the validation of every writing
-function and the choices of the command line all come from (or are tested
-against) these enums.
+The CHECK constraints of the schema, the validation of every writing
+function and the choices of the command line all come from these enums.
 """
 
 from __future__ import annotations
@@ -10,7 +9,14 @@ from __future__ import annotations
 from enum import Enum
 from typing import TypeVar, Union
 
-__all__ = ["EventType", "ProblemKind", "RecordStatus", "coerce"]
+__all__ = [
+    "FINAL_STATUSES",
+    "WAITING_STATUSES",
+    "EventType",
+    "ProblemKind",
+    "RecordStatus",
+    "coerce",
+]
 
 
 class _StrEnum(str, Enum):
@@ -49,6 +55,11 @@ class RecordStatus(_StrEnum):
     BUILT_NOT_EXPORTED = "BUILT_NOT_EXPORTED"
 
 
+#: Statuses of a session whose record is still to come: its logs may be revised.
+WAITING_STATUSES = frozenset({RecordStatus.WAITING_FOR_END.value, RecordStatus.TO_BE_BUILT.value})
+#: Statuses the record builder leaves: the session's outcome is decided.
+FINAL_STATUSES = frozenset(RecordStatus.values()) - WAITING_STATUSES
+
 E = TypeVar("E", bound=_StrEnum)
 
 
@@ -74,13 +85,11 @@ def coerce(enum: type[E], value: Union[E, str], what: str) -> E:
         return enum(value)
     except ValueError:
         allowed = ", ".join(enum.values())
-        raise ValueError(
-            f"Invalid {what} {value!r}; allowed values are: {allowed}"
-        ) from None
+        raise ValueError(f"Invalid {what} {value!r}; allowed values are: {allowed}") from None
 
 
 class ProblemKind(_StrEnum):
-    """What makes a session's TO_BE_BUILT logs unusable for building a record."""
+    """Why the TO_BE_BUILT logs of a session cannot be built into a record."""
 
     END_COUNT = "end_count"
     """A START whose session has zero or several ENDs."""
@@ -93,6 +102,8 @@ class ProblemKind(_StrEnum):
     INSTRUMENT_MISMATCH = "instrument_mismatch"
     """The START and END name different instruments."""
     BAD_TIMESTAMP = "bad_timestamp"
-    """A timestamp is not an ISO 8601 date-time."""
+    """A timestamp is not an ISO 8601 date-time, or cannot be placed in time."""
     END_BEFORE_START = "end_before_start"
     """The END is earlier than the START."""
+    LATE_REVISION = "late_revision"
+    """A harvester revised a START or END after the session's record was built."""

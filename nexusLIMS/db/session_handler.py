@@ -1,30 +1,43 @@
 """Classes and methods to interact with sessions from the NexusLIMS database.
 
 This is the NexusLIMS 1.4 interface, kept name for name: :class:`SessionLog`,
-:class:`Session`, :func:`db_query` and :func:`get_sessions_to_build`, plus
-:func:`insert_logs` and :func:`find_session_problems`. The implementations
-live in the neighbouring modules.
+:class:`Session`, :func:`db_query` and :func:`get_sessions_to_build`, and the
+module names 1.4 code reaches (``instrument_db``, ``Instrument``,
+``current_system_tz``, ``logger``), plus :func:`insert_logs` and
+:func:`find_session_problems`. The implementations live in
+:mod:`nexusLIMS.db.logs` and :mod:`nexusLIMS.db.sessions`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+import logging
+from typing import Any, Mapping, Optional, Sequence, Union
 
-from nexusLIMS.db.connection import connect
-from nexusLIMS.db.pairing import SessionProblem, find_session_problems, get_sessions_to_build
-from nexusLIMS.db.session import Session
-from nexusLIMS.db.session_log import SessionLog, insert_logs
-from nexusLIMS.db.timestamps import to_text
+from nexusLIMS.db import sessions as _sessions
+from nexusLIMS.db.config import DatabaseRef
+from nexusLIMS.db.legacy_sql import run_legacy_sql
+from nexusLIMS.db.logs import SessionLog, insert_logs
+from nexusLIMS.db.sessions import OnError, Session, SessionProblem, find_session_problems
+from nexusLIMS.instruments import Instrument, instrument_db
+from nexusLIMS.utils import current_system_tz
 
 __all__ = [
+    "Instrument",
     "Session",
     "SessionLog",
     "SessionProblem",
+    "current_system_tz",
     "db_query",
     "find_session_problems",
     "get_sessions_to_build",
     "insert_logs",
+    "instrument_db",
+    "logger",
 ]
+
+logger = logging.getLogger(__name__)
+
+_LIVE_INSTRUMENT_DB = instrument_db
 
 
 def db_query(
@@ -46,10 +59,18 @@ def db_query(
         ``(success, results)``: True and the rows the statement returned.
         Errors are raised, not returned.
     """
-    params: Union[tuple[Any, ...], dict[str, Any]] = ()
-    if isinstance(args, Mapping):
-        params = {name: to_text(value) for name, value in args.items()}
-    elif args:
-        params = tuple(to_text(arg) for arg in args)
-    with connect(begin=None) as conn:
-        return True, conn.execute(query, params).fetchall()
+    return True, run_legacy_sql(query, args)
+
+
+def get_sessions_to_build(
+    *, on_error: OnError = "raise", database: Optional[DatabaseRef] = None
+) -> list[Session]:
+    """Get the sessions that need their record built.
+
+    See :func:`nexusLIMS.db.sessions.get_sessions_to_build`. As in 1.4, the
+    instruments are looked up in this module's ``instrument_db``, so a test
+    that replaces it is honoured.
+    """
+    replaced = None if instrument_db is _LIVE_INSTRUMENT_DB else instrument_db
+    return _sessions.get_sessions_to_build(
+        on_error=on_error, database=database, instruments=replaced)

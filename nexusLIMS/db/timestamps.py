@@ -1,22 +1,49 @@
-"""Reading and writing the ISO 8601 timestamps stored in ``session_log``.
+"""Reading, writing and comparing the ISO 8601 timestamps of ``session_log``.
 
-Timestamps are stored as text exactly as written. Reading uses
-:meth:`datetime.fromisoformat` (fast, in C) and falls back to
+Timestamps are written in one canonical form so that the text sorts in time
+order (for a given UTC offset) and one instant has one spelling:
+``YYYY-MM-DDTHH:MM:SS[.ffffff][±HH:MM]``, as :meth:`datetime.isoformat`
+writes it. Text already in that form (with 1 to 6 fraction digits) is kept
+as given, so what a caller writes is what it reads back.
+
+Reading uses :meth:`datetime.fromisoformat` (fast, in C) and falls back to
 :func:`dateutil.parser.isoparse` only for forms the running Python rejects,
-such as a ``Z`` suffix or a seven-digit fraction on Python < 3.11.
+such as a ``Z`` suffix on Python < 3.11.
+
+A naive timestamp is local time at its instrument. Around a daylight-saving
+change such a time can mean two instants (or none); :func:`span` takes the
+reading that makes a session shortest without being negative.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Optional, Union
 
 from dateutil.parser import isoparse
 
-__all__ = ["now_local_iso", "parse_timestamp", "to_text", "validate_timestamp"]
+__all__ = [
+    "MAX_YEAR",
+    "MIN_YEAR",
+    "canonical_timestamp",
+    "now_local_iso",
+    "parse_timestamp",
+    "same_instant",
+    "span",
+    "to_text",
+]
+
+#: The years a written timestamp may lie in; far enough from the limits of
+#: ``datetime`` that no UTC offset or time zone can push it out of range.
+MIN_YEAR, MAX_YEAR = 1900, 9998
 
 # A date followed by a time: "2021-05-01T10:00", "2021-05-01 10:00", "20210501T1000".
 _HAS_TIME = re.compile(r"^\d{4}-?\d{2}-?\d{2}[T ]\d{2}")
+# The canonical form, kept as written.
+_CANONICAL = re.compile(
+    r"^\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?([+-]\d{2}:\d{2})?$")
+_ZERO = timedelta(0)
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -37,26 +64,35 @@ def parse_timestamp(text: str) -> datetime:
         raise ValueError(f"{text!r} is not an ISO 8601 date-time") from None
 
 
-def validate_timestamp(value: object) -> str:
-    """Return ``value`` if it is the text of an ISO 8601 date-time.
+def canonical_timestamp(value: Union[str, datetime]) -> str:
+    """Return the text to store for a timestamp given as ISO text or ``datetime``.
 
     Raises
     ------
     ValueError
-        The value is not a string holding a date and a time of day that
-        :func:`parse_timestamp` can read; the message names the value.
+        The value is not a date with a time of day, or lies outside the years
+        :data:`MIN_YEAR` to :data:`MAX_YEAR`; the message names the value.
     """
-    if isinstance(value, str) and _HAS_TIME.match(value):
+    parsed: Optional[datetime] = None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str) and _HAS_TIME.match(value):
         try:
-            parse_timestamp(value)
+            parsed = parse_timestamp(value)
         except ValueError:
-            pass
-        else:
-            return value
-    raise ValueError(
-        f"Invalid timestamp {value!r}; expected an ISO 8601 date-time "
-        f"such as '2021-05-01T13:45:00.000' or '2021-05-01T13:45:00-04:00'"
-    )
+            parsed = None
+    if parsed is None:
+        raise ValueError(
+            f"Invalid timestamp {value!r}; expected an ISO 8601 date-time "
+            f"such as '2021-05-01T13:45:00.000' or '2021-05-01T13:45:00-04:00'"
+        )
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise ValueError(
+            f"Invalid timestamp {value!r}; it must lie between the years {MIN_YEAR} and {MAX_YEAR}"
+        )
+    if isinstance(value, str) and _CANONICAL.match(value):
+        return value
+    return parsed.isoformat()
 
 
 def to_text(value: object) -> object:
@@ -71,3 +107,51 @@ def to_text(value: object) -> object:
 def now_local_iso() -> str:
     """Return the current time in the system's zone, ISO text with its offset."""
     return datetime.now().astimezone().isoformat()
+
+
+def _readings(moment: datetime, zone: Optional[tzinfo]) -> list[datetime]:
+    """Return the instants a timestamp can mean: one, or two for a naive local time."""
+    if moment.tzinfo is not None or zone is None:
+        return [moment if moment.tzinfo is None else moment.astimezone(timezone.utc)]
+    localize = getattr(zone, "localize", None)  # a pytz zone
+    if localize is not None:
+        readings = [localize(moment, is_dst=True), localize(moment, is_dst=False)]
+    else:
+        readings = [moment.replace(tzinfo=zone, fold=0), moment.replace(tzinfo=zone, fold=1)]
+    # In UTC, so that readings in one zone subtract as instants, not wall times.
+    readings = [reading.astimezone(timezone.utc) for reading in readings]
+    return readings if readings[0] != readings[1] else readings[:1]
+
+
+def span(start: datetime, end: datetime, zone: Optional[tzinfo]) -> Optional[timedelta]:
+    """Return how long from ``start`` to ``end``; None when they cannot be compared.
+
+    A naive time is local time in ``zone``. When it is ambiguous (the hour
+    repeated as clocks go back) or skipped, the reading that gives the
+    shortest span that is not negative is taken; a negative result means
+    the end is before the start in every reading.
+
+    Raises
+    ------
+    OverflowError
+        A reading falls outside the range of ``datetime``.
+    """
+    if (start.tzinfo is None) != (end.tzinfo is None) and zone is None:
+        return None
+    if start.tzinfo is None and end.tzinfo is None and zone is None:
+        return end - start
+    spans = [e - s for s in _readings(start, zone) for e in _readings(end, zone)]
+    lengths = [length for length in spans if length >= _ZERO]
+    return min(lengths) if lengths else max(spans)
+
+
+def same_instant(first: str, second: str, zone: Optional[tzinfo]) -> bool:
+    """Whether two timestamp texts can name the same instant (naive ones in ``zone``)."""
+    if first == second:
+        return True
+    try:
+        a, b = parse_timestamp(first), parse_timestamp(second)
+        return any(x == y for x in _readings(a, zone) for y in _readings(b, zone)
+                   if (x.tzinfo is None) == (y.tzinfo is None))
+    except (ValueError, OverflowError):
+        return False

@@ -1,0 +1,94 @@
+"""The database backends: what differs between SQLite and PostgreSQL.
+
+Each backend opens connections, runs ``BEGIN`` the way its locking needs,
+rewrites the package's ``?`` placeholders if it must, explains its errors
+and answers the few schema questions the package asks (tables, columns,
+indexes, the schema version). Everything above
+:mod:`nexusLIMS.db.connection` is written once, for both.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
+
+from nexusLIMS.db.config import Backend as BackendName
+from nexusLIMS.db.config import DatabaseLocation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nexusLIMS.db.connection import Connection
+
+__all__ = ["Backend", "Begin", "backend_for"]
+
+#: ``"DEFERRED"``: a read (or a single write); ``"IMMEDIATE"``: takes the
+#: writers' lock at once, for any read-then-write; ``None``: autocommit.
+Begin = Optional[str]
+
+
+class Backend(Protocol):
+    """What :class:`~nexusLIMS.db.connection.Connection` needs from a database."""
+
+    name: BackendName
+    #: Exception classes meaning "a constraint was violated".
+    integrity_errors: tuple[type[BaseException], ...]
+    #: Exception classes of the driver (what a failed statement raises).
+    driver_errors: tuple[type[BaseException], ...]
+
+    def open(self, location: DatabaseLocation, *, create: bool, foreign_keys: bool) -> Any:
+        """Return a new driver connection in autocommit mode; create the database if asked."""
+
+    def release(self, location: DatabaseLocation, raw: Any) -> None:
+        """Close a driver connection (or keep it for reuse)."""
+
+    def begin(self, conn: Connection, mode: str, timeout: float) -> None:
+        """Start a transaction of ``mode``, waiting at most ``timeout`` s for locks."""
+
+    def execute(self, conn: Connection, sql: str, params: Any, timeout: float) -> Any:
+        """Run one statement (already traced) and return the driver cursor."""
+
+    def executemany(self, conn: Connection, sql: str, rows: Sequence[Any]) -> None:
+        """Run one statement for every row of ``rows``."""
+
+    def insert_id(self, conn: Connection, sql: str, params: Any, key: str) -> int:
+        """Run an INSERT of one row and return the value of its ``key`` column."""
+
+    def in_transaction(self, raw: Any) -> bool:
+        """Whether a transaction is open on the driver connection."""
+
+    def explain(self, exc: BaseException, location: DatabaseLocation) -> Optional[BaseException]:
+        """Return a clearer exception for ``exc`` (naming the database), or None."""
+
+    def table_names(self, conn: Connection) -> set[str]:
+        """Return the names of the database's tables."""
+
+    def column_names(self, conn: Connection, table: str) -> list[str]:
+        """Return the columns of ``table``, in order."""
+
+    def index_names(self, conn: Connection, table: str) -> set[str]:
+        """Return the names of the indexes of ``table`` (not those of constraints)."""
+
+    def on_delete_action(self, conn: Connection, table: str, column: str) -> Optional[str]:
+        """Return the ON DELETE action of the foreign key of ``table.column``, if any."""
+
+    def schema_version(self, conn: Connection) -> int:
+        """Return the stored schema version (0 when none is stored)."""
+
+    def set_schema_version(self, conn: Connection, version: int) -> None:
+        """Store the schema version, in the open transaction."""
+
+
+def backend_for(location: DatabaseLocation) -> Backend:
+    """Return the backend of ``location`` (importing PostgreSQL's only when needed)."""
+    if location.backend == "sqlite":
+        from nexusLIMS.db.backends.sqlite import SQLITE
+
+        return SQLITE
+    try:
+        from nexusLIMS.db.backends.postgresql import POSTGRESQL
+    except ImportError as exc:
+        from nexusLIMS.db.errors import DatabaseConfigError
+
+        raise DatabaseConfigError(
+            f"{location.describe()} is a PostgreSQL database, which needs the postgres extra: "
+            f'pip install "nexusLIMS[postgres]" ({exc})'
+        ) from None
+    return POSTGRESQL

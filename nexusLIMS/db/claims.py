@@ -1,0 +1,324 @@
+"""Several record builders at once: claiming sessions, leases and fencing.
+
+A builder calls :func:`claim_sessions`; each session it gets is claimed for it
+alone (a row of ``session_claims`` with its worker name, a random token and a
+lease expiry), in the same write transaction that found the session, so two
+builders never get the same one. The builder renews the lease for a long
+build and records the outcome with :meth:`ClaimedSession.finish`, which ends
+the claim. A builder that dies loses nothing: once its lease expires, another
+builder claims the session. Every write of a claimed session checks the
+token in the same statement (*fencing*): a builder whose lease expired and
+whose session another builder claimed since cannot overwrite the new
+holder's outcome.
+
+Claims need schema version 3 (``nexuslims-db migrate``); code that never
+claims works on any version, as in NexusLIMS 1.4.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import Any, Optional, Union
+
+from nexusLIMS.db.config import DatabaseLocation, DatabaseRef
+from nexusLIMS.db.connection import Connection
+from nexusLIMS.db.enums import EventType, RecordStatus, coerce
+from nexusLIMS.db.errors import ClaimLostError, UnsupportedDatabaseError
+from nexusLIMS.db.instruments import read_instruments
+from nexusLIMS.db.schema import SESSION_CLAIMS, SESSION_LOG, transaction
+from nexusLIMS.db.sessions import Pairing, Session
+
+__all__ = [
+    "DEFAULT_LEASE",
+    "Claim",
+    "ClaimedSession",
+    "claim_sessions",
+    "default_worker",
+    "list_claims",
+    "release_claim",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How long a claim lasts unless renewed.
+DEFAULT_LEASE = timedelta(hours=1)
+_TBB = RecordStatus.TO_BE_BUILT.value
+_START, _END = EventType.START.value, EventType.END.value
+_CLAIMS = SESSION_CLAIMS.name
+
+# TO_BE_BUILT STARTs in id order with their END, leaving out those a live
+# claim holds; read through the partial index ordered by id, so a claim reads
+# only as many sessions as it takes (plus those claimed by others).
+_CANDIDATES = (
+    f'SELECT s.id_session_log, s.session_identifier, s.instrument, s.timestamp, s."user", '
+    f"e.timestamp FROM {SESSION_LOG.name} AS s JOIN {SESSION_LOG.name} AS e "
+    f"ON e.record_status = '{_TBB}' AND e.event_type = '{_END}' "
+    f"AND e.session_identifier = s.session_identifier AND e.instrument = s.instrument "
+    f"WHERE s.record_status = '{_TBB}' AND s.event_type = '{_START}' AND NOT EXISTS ("
+    f"SELECT 1 FROM {_CLAIMS} AS c WHERE c.session_identifier = s.session_identifier "
+    f"AND c.expires_at > ?) ORDER BY s.id_session_log"
+)
+
+
+def default_worker() -> str:
+    """Return this process's worker name: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _text(moment: datetime) -> str:
+    """UTC ISO text of fixed width, so that the text sorts as the time does."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _require_claims(conn: Connection) -> None:
+    if _CLAIMS not in conn.backend.table_names(conn):
+        raise UnsupportedDatabaseError(
+            f"{conn.location} has no {_CLAIMS} table (schema version 3): run "
+            f"'nexuslims-db migrate' to let record builders claim sessions")
+
+
+@dataclass(unsafe_hash=True, repr=False)
+class ClaimedSession(Session):
+    """A :class:`~nexusLIMS.db.sessions.Session` claimed by one builder until its lease expires.
+
+    Use it as a context manager to be sure the claim ends: an exception in
+    the block records ERROR (unless an outcome was recorded already) and the
+    claim is always released.
+    """
+
+    worker: str = ""
+    token: str = ""
+    expires_at: Optional[datetime] = field(default=None, compare=False)
+    database: Optional[DatabaseLocation] = field(default=None, compare=False)
+    finished: bool = field(default=False, compare=False)
+
+    def renew(self, lease: timedelta = DEFAULT_LEASE) -> datetime:
+        """Extend the claim to ``lease`` from now, for a long build; return the new expiry.
+
+        Raises
+        ------
+        ClaimLostError
+            Another builder holds the session now (or an admin released it).
+        """
+        expires = _now() + lease
+        with transaction(self.database, begin="IMMEDIATE") as conn:
+            changed = conn.execute(
+                f"UPDATE {_CLAIMS} SET expires_at = ? WHERE session_identifier = ? AND token = ?",
+                (_text(expires), self.session_identifier, self.token)).rowcount
+        if not changed:
+            raise self._lost("renew its claim")
+        self.expires_at = expires
+        return expires
+
+    def finish(self, status: Union[RecordStatus, str]) -> None:
+        """Record the session's outcome and end the claim, if the claim is still this builder's.
+
+        Raises
+        ------
+        ValueError
+            ``status`` is not allowed, or is TO_BE_BUILT (not an outcome).
+        ClaimLostError
+            Another builder claimed the session after this claim expired (or an
+            admin released it): nothing was written.
+        """
+        if coerce(RecordStatus, status, "record_status") is RecordStatus.TO_BE_BUILT:
+            raise ValueError("TO_BE_BUILT is not an outcome; use release() to give the "
+                             "session back")
+        if not self.update_session_status(status):
+            raise self._lost(f"record {status}")
+
+    def update_session_status(self, status: Union[RecordStatus, str]) -> bool:
+        """Set the status of the session's logs if this builder still holds the claim.
+
+        Any status but TO_BE_BUILT ends the claim. Returns False (with a
+        warning) and writes nothing when the claim was lost.
+        """
+        value = coerce(RecordStatus, status, "record_status").value
+        with transaction(self.database, begin="IMMEDIATE") as conn:
+            changed = conn.execute(
+                f"UPDATE {SESSION_LOG.name} SET record_status = ? WHERE session_identifier = ? "
+                f"AND EXISTS (SELECT 1 FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?)",
+                (value, self.session_identifier, self.session_identifier, self.token)).rowcount
+            if changed and value != _TBB:
+                self._end(conn)
+        if not changed:
+            logger.warning("%s; status %s not set", self._lost(f"record {value}"), value)
+            return False
+        self.finished = value != _TBB
+        return True
+
+    def release(self) -> None:
+        """Give the session back unbuilt (its claim ends; any builder may claim it)."""
+        with transaction(self.database, begin="IMMEDIATE") as conn:
+            self._end(conn)
+        self.finished = True
+
+    def _end(self, conn: Connection) -> None:
+        conn.execute(f"DELETE FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?",
+                     (self.session_identifier, self.token))
+
+    def _lost(self, action: str) -> ClaimLostError:
+        return ClaimLostError(
+            f"Cannot {action} for session {self.session_identifier!r}: worker {self.worker}'s "
+            f"claim is gone (its lease expired at {self.expires_at} and another builder "
+            f"claimed the session, or an admin released it)")
+
+    def __enter__(self) -> ClaimedSession:
+        return self
+
+    def __exit__(self, kind: Optional[type[BaseException]], error: Optional[BaseException],
+                 trace: Optional[TracebackType]) -> None:
+        if self.finished:
+            return
+        if error is not None:
+            logger.warning("Building session %s failed (%s: %s); recording ERROR",
+                           self.session_identifier, kind.__name__ if kind else "", error)
+            if self.update_session_status(RecordStatus.ERROR):
+                return
+        self.release()
+
+
+def claim_sessions(
+    limit: Optional[int] = None,
+    *,
+    worker: Optional[str] = None,
+    lease: timedelta = DEFAULT_LEASE,
+    database: Optional[DatabaseRef] = None,
+) -> list[ClaimedSession]:
+    """Claim up to ``limit`` sessions ready to build that no live claim holds.
+
+    The sessions are those :func:`~nexusLIMS.db.sessions.get_sessions_to_build`
+    returns, in START order; inconsistent sessions are never claimed (see
+    ``nexuslims-db check``). Finding and claiming them is one write
+    transaction, so concurrent builders never get the same session.
+
+    Parameters
+    ----------
+    limit
+        At most this many (all, when None).
+    worker
+        Who claims them (default ``host:pid``), as ``nexuslims-db claims`` shows.
+    lease
+        How long the claims last unless renewed or finished.
+    database
+        The database; by default from ``nexusLIMS_db_path``.
+
+    Raises
+    ------
+    UnsupportedDatabaseError
+        The database has no claims table yet (schema version < 3).
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be 0 or more, not {limit}")
+    if lease <= timedelta(0):
+        raise ValueError(f"lease must be positive, not {lease}")
+    worker = worker or default_worker()
+    now = _now()
+    claimed: list[ClaimedSession] = []
+    with transaction(database, begin="IMMEDIATE") as conn:
+        _require_claims(conn)
+        if limit == 0:
+            return []
+        pairing = Pairing(conn, read_instruments(conn), now)
+        offset, batch = 0, (limit or 0) + 8
+        while limit is None or len(claimed) < limit:
+            if limit is None:
+                rows = conn.fetchall(_CANDIDATES, (_text(now),))
+            else:  # more when some candidates are inconsistent
+                rows = conn.fetchall(f"{_CANDIDATES} LIMIT ? OFFSET ?", (_text(now), batch, offset))
+                offset, batch = offset + batch, batch * 2
+            if not rows:
+                break
+            for candidate in _consistent(conn, pairing, rows):
+                if limit is not None and len(claimed) >= limit:
+                    break
+                token = uuid.uuid4().hex
+                conn.execute(
+                    f"INSERT INTO {_CLAIMS} (session_identifier, worker, token, claimed_at, "
+                    f"expires_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_identifier) DO "
+                    f"UPDATE SET worker = excluded.worker, token = excluded.token, "
+                    f"claimed_at = excluded.claimed_at, expires_at = excluded.expires_at",
+                    (candidate.session_identifier, worker, token, _text(now), _text(now + lease)))
+                claimed.append(ClaimedSession(
+                    candidate.session_identifier, candidate.instrument, candidate.dt_range,
+                    candidate.user, worker=worker, token=token, expires_at=now + lease,
+                    database=conn.location))
+            if limit is None:
+                break
+    logger.info("Worker %s claimed %d session(s)", worker, len(claimed))
+    return claimed
+
+
+def _consistent(conn: Connection, pairing: Pairing, rows: list[tuple[Any, ...]]) -> list[Session]:
+    """Return the sessions of candidate rows whose TO_BE_BUILT logs pair cleanly."""
+    identifiers = list(dict.fromkeys(row[1] for row in rows))
+    marks = ", ".join("?" * len(identifiers))
+    counts = {(identifier, event): count for identifier, event, count in conn.fetchall(
+        f"SELECT session_identifier, event_type, count(*) FROM {SESSION_LOG.name} "
+        f"WHERE record_status = '{_TBB}' AND event_type IN ('{_START}', '{_END}') "
+        f"AND session_identifier IN ({marks}) GROUP BY session_identifier, event_type",
+        identifiers)}
+    pairing.sessions.clear()
+    for row in rows:
+        identifier = row[1]
+        if counts.get((identifier, _START)) == counts.get((identifier, _END)) == 1:
+            pairing.pair(*row)
+    return [session for _, session in pairing.sessions]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A row of ``session_claims``, as ``nexuslims-db claims`` lists it."""
+
+    session_identifier: str
+    worker: str
+    claimed_at: datetime
+    expires_at: datetime
+
+    def live(self, now: Optional[datetime] = None) -> bool:
+        """Whether the lease has not expired."""
+        return self.expires_at > (now or _now())
+
+    def age(self, now: Optional[datetime] = None) -> timedelta:
+        """How long ago the session was claimed."""
+        return (now or _now()) - self.claimed_at
+
+    def lease_left(self, now: Optional[datetime] = None) -> timedelta:
+        """How long until the lease expires (negative once expired)."""
+        return self.expires_at - (now or _now())
+
+
+def list_claims(database: Optional[DatabaseRef] = None) -> list[Claim]:
+    """Return every claim, live or expired, oldest first (none before schema version 3)."""
+    with transaction(database) as conn:
+        if _CLAIMS not in conn.backend.table_names(conn):
+            return []
+        return [Claim(identifier, worker, datetime.fromisoformat(claimed),
+                      datetime.fromisoformat(expires))
+                for identifier, worker, claimed, expires in conn.fetchall(
+                    f"SELECT session_identifier, worker, claimed_at, expires_at FROM {_CLAIMS} "
+                    f"ORDER BY claimed_at, session_identifier")]
+
+
+def release_claim(session_identifier: str, database: Optional[DatabaseRef] = None) -> bool:
+    """End the claim on a session by hand (its builder can no longer record an outcome).
+
+    Returns False when no claim holds the session.
+    """
+    with transaction(database, begin="IMMEDIATE") as conn:
+        _require_claims(conn)
+        released = conn.execute(f"DELETE FROM {_CLAIMS} WHERE session_identifier = ?",
+                                (session_identifier,)).rowcount
+    if released:
+        logger.info("Released the claim on session %s", session_identifier)
+    return bool(released)

@@ -1,0 +1,530 @@
+"""Session logs: one row of ``session_log`` as :class:`SessionLog`, and writing them.
+
+What a write does with a START or END log, in one write transaction:
+
+* the **same event** already stored (identifier, instrument, event type,
+  user and the same instant, whatever its status or spelling): nothing is
+  written; a warning says so (1.4's message);
+* a **revision**: the session already has a log of that event type still
+  waiting for its record (``TO_BE_BUILT`` or ``WAITING_FOR_END``) at another
+  time or with another user, as when NEMO staff correct a usage event: that
+  row is updated in place (its id kept) and an INFO message names both times;
+* a **late revision**: the session's record was built already: nothing is
+  changed; a warning names the session, and the revision is kept for
+  ``nexuslims-db check`` to list;
+* otherwise the log is **inserted**.
+
+:func:`log_start` and :func:`log_end` are what the Session Logger on an
+instrument PC does: a START waiting for its END, then the END, which makes
+the session ready to build.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import NamedTuple, Optional, Union
+
+from nexusLIMS.db.config import DatabaseRef
+from nexusLIMS.db.connection import Connection
+from nexusLIMS.db.enums import FINAL_STATUSES, WAITING_STATUSES, EventType, RecordStatus, coerce
+from nexusLIMS.db.instruments import Instrument, check_text, read_instruments
+from nexusLIMS.db.schema import SESSION_CLAIMS, SESSION_LOG, SESSION_REVISIONS, transaction
+from nexusLIMS.db.timestamps import (
+    canonical_timestamp,
+    now_local_iso,
+    parse_timestamp,
+    same_instant,
+    span,
+)
+
+__all__ = [
+    "LOG_COLUMNS",
+    "SessionLog",
+    "StoredLog",
+    "WriteResult",
+    "insert_logs",
+    "log_end",
+    "log_start",
+    "require_instrument",
+    "select_logs",
+    "set_status",
+    "write_logs",
+]
+
+# The name NexusLIMS 1.4 logged these messages under.
+logger = logging.getLogger("nexusLIMS.db.session_handler")
+
+#: The columns of ``session_log``, in table order (what ``SELECT *`` returns).
+LOG_COLUMNS = SESSION_LOG.column_names
+_CHUNK = 500  # identifiers per look-up, below the oldest SQLite limit of 999 parameters
+_START, _END = EventType.START.value, EventType.END.value
+
+
+class StoredLog(NamedTuple):
+    """One stored ``session_log`` row, field for column."""
+
+    id_session_log: int
+    session_identifier: str
+    instrument: str
+    timestamp: str
+    event_type: str
+    record_status: str
+    user: Optional[str]
+
+
+def select_logs(where: str) -> str:
+    """Return ``SELECT <every column> FROM session_log WHERE <where>``, for :class:`StoredLog`."""
+    columns = ", ".join(f'"{c}"' if c == "user" else c for c in LOG_COLUMNS)
+    return f"SELECT {columns} FROM {SESSION_LOG.name} WHERE {where}"
+
+
+@dataclass(unsafe_hash=True)
+class SessionLog:
+    """A log of the start or end of a session: one row of ``session_log``.
+
+    Parameters
+    ----------
+    session_identifier
+        The identifier shared by a session's START, END and RECORD_GENERATION
+        logs (often a UUID or a URL).
+    instrument
+        The instrument PID (a key of the ``instruments`` table).
+    timestamp
+        The ISO 8601 date and time of the event (a ``datetime`` is turned into
+        its ISO text).
+    event_type
+        ``"START"``, ``"END"`` or ``"RECORD_GENERATION"`` (or an
+        :class:`~nexusLIMS.db.enums.EventType`).
+    user
+        The user name, if known.
+    record_status
+        The status of the record; falsy means ``"TO_BE_BUILT"``.
+    """
+
+    session_identifier: str
+    instrument: str
+    timestamp: str
+    event_type: str
+    user: Optional[str]
+    record_status: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not self.record_status:
+            self.record_status = RecordStatus.TO_BE_BUILT.value
+        # Keep every field a plain string, whatever the caller passed.
+        for name in ("event_type", "record_status"):
+            value = getattr(self, name)
+            if isinstance(value, (EventType, RecordStatus)):
+                setattr(self, name, value.value)
+        timestamp: object = self.timestamp
+        if isinstance(timestamp, datetime):
+            self.timestamp = timestamp.isoformat()
+
+    def __repr__(self) -> str:
+        return (
+            f"SessionLog (id={self.session_identifier}, "
+            f"instrument={self.instrument}, "
+            f"timestamp={self.timestamp}, "
+            f"event_type={self.event_type}, "
+            f"user={self.user}, "
+            f"record_status={self.record_status})"
+        )
+
+    def insert_log(self) -> bool:
+        """Insert this log into the NexusLIMS database, unless it is there already.
+
+        The same event stored already is not written again (a warning says
+        so); a START or END that revises one still waiting for its record
+        updates it in place (see :mod:`nexusLIMS.db.logs`). The check and the
+        write are one write transaction, so concurrent writers cannot both
+        insert it.
+
+        Returns
+        -------
+        bool
+            True: the log was written, or was there already.
+
+        Raises
+        ------
+        ValueError
+            The event type, status, identifier, instrument or timestamp is not
+            valid; nothing is written.
+        """
+        logger.debug("Logging %s for %s", self.event_type, self.session_identifier)
+        with transaction(begin="IMMEDIATE") as conn:
+            write_logs(conn, [self])
+        return True
+
+
+@dataclass
+class WriteResult:
+    """What :func:`write_logs` did with a batch of logs."""
+
+    inserted: int = 0
+    revised: int = 0
+    duplicates: int = 0
+    late_revisions: int = 0
+
+
+def require_instrument(pid: object, instruments: Iterable[str], subject: object) -> None:
+    """Raise ValueError naming ``subject`` if ``pid`` is not a known instrument."""
+    known = instruments if isinstance(instruments, (set, frozenset, dict)) else set(instruments)
+    if not isinstance(pid, str) or pid not in known:
+        listed = ", ".join(sorted(known)) or "none"
+        raise ValueError(
+            f"Cannot write {subject!r}: instrument {pid!r} is not in the "
+            f"instruments table (known: {listed})"
+        )
+
+
+def _as_list(logs: object) -> list[SessionLog]:
+    """Return ``logs`` as a list; TypeError unless it is an iterable (of logs, checked later)."""
+    if isinstance(logs, (str, bytes)) or not isinstance(logs, Iterable):
+        raise TypeError(f"Expected an iterable of SessionLog, got {type(logs).__name__}: {logs!r}")
+    return list(logs)
+
+
+def _validated_row(log: SessionLog, instruments: dict[str, Instrument]) -> StoredLog:
+    """Return the row to write for ``log`` (id 0); raise ValueError naming the log."""
+    if not isinstance(log, SessionLog):
+        raise TypeError(f"Expected a SessionLog, got {type(log).__name__}: {log!r}")
+    try:
+        check_text(log.session_identifier, "session_identifier")
+        event_type = coerce(EventType, log.event_type, "event_type").value
+        status = coerce(RecordStatus, log.record_status or "", "record_status").value
+        if log.user is not None and not isinstance(log.user, str):
+            raise ValueError(f"Invalid user {log.user!r}; expected a string or None")
+        if log.user is not None:
+            check_text(log.user, "user", blank=True)
+        timestamp = canonical_timestamp(log.timestamp)
+    except ValueError as exc:
+        raise ValueError(f"Cannot write {log!r}: {exc}") from None
+    require_instrument(log.instrument, instruments, log)
+    return StoredLog(0, log.session_identifier, log.instrument, timestamp, event_type, status,
+                     log.user)
+
+
+def _stored(conn: Connection, identifiers: list[str]) -> list[StoredLog]:
+    """Return the stored logs of ``identifiers``, through the identifier index."""
+    rows: list[StoredLog] = []
+    for first in range(0, len(identifiers), _CHUNK):
+        chunk = identifiers[first : first + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        rows.extend(StoredLog(*row) for row in conn.fetchall(
+            select_logs(f"session_identifier IN ({marks})"), chunk))
+    return rows
+
+
+def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
+    """Write ``logs`` in the open write (IMMEDIATE) transaction; see the module docs.
+
+    Every log is validated before anything is written: one bad log rejects
+    the whole batch with a ``ValueError`` naming it (``TypeError`` for an
+    item that is not a :class:`SessionLog`).
+    """
+    batch = _as_list(logs)
+    result = WriteResult()
+    if not batch:
+        return result
+    instruments = read_instruments(conn)
+    rows = [_validated_row(log, instruments) for log in batch]
+    # The stored logs of the batch's sessions, by (identifier, instrument, event).
+    by_event: dict[tuple[str, str, str], list[StoredLog]] = {}
+    for stored in _stored(conn, list(dict.fromkeys(row.session_identifier for row in rows))):
+        by_event.setdefault((*stored[1:3], stored.event_type), []).append(stored)
+    inserts: list[StoredLog] = []
+    updates: dict[int, tuple[str, Optional[str]]] = {}
+    late: list[tuple[StoredLog, StoredLog]] = []
+    for row in rows:
+        zone = instruments[row.instrument].timezone
+        known = by_event.setdefault((*row[1:3], row.event_type), [])
+        if any(old.user == row.user and same_instant(old.timestamp, row.timestamp, zone)
+               for old in known):
+            result.duplicates += 1
+            logger.warning("SessionLog already existed in DB, so no row was added: %s",
+                           _as_log(row))
+        elif row.event_type not in (_START, _END) or not known:
+            known.append(row)
+            inserts.append(row)
+        elif waiting := [old for old in known if old.record_status in WAITING_STATUSES]:
+            old = max(waiting, key=lambda log: log.id_session_log)  # the newest
+            new = old._replace(timestamp=row.timestamp, user=row.user)
+            known[known.index(old)] = new
+            if old.id_session_log:
+                updates[old.id_session_log] = (row.timestamp, row.user)
+            else:  # a revision of a log earlier in this batch
+                inserts[inserts.index(old)] = new
+            _revise(old, row)
+            result.revised += 1
+        else:
+            late.append((max(known, key=lambda log: log.id_session_log), row))
+    conn.executemany(
+        f"INSERT INTO {SESSION_LOG.name} ({', '.join(_quoted(LOG_COLUMNS[1:]))}) "
+        f"VALUES ({', '.join('?' * (len(LOG_COLUMNS) - 1))})",
+        [row[1:] for row in inserts],
+    )
+    conn.executemany(
+        f'UPDATE {SESSION_LOG.name} SET timestamp = ?, "user" = ? WHERE id_session_log = ?',
+        [(timestamp, user, log_id) for log_id, (timestamp, user) in updates.items()],
+    )
+    result.inserted = len(inserts)
+    result.late_revisions = _keep_late_revisions(conn, late)
+    return result
+
+
+def _quoted(columns: Iterable[str]) -> list[str]:
+    return [f'"{c}"' if c == "user" else c for c in columns]
+
+
+def _as_log(row: StoredLog) -> SessionLog:
+    return SessionLog(row.session_identifier, row.instrument, row.timestamp, row.event_type,
+                      row.user, row.record_status)
+
+
+def _change(old: StoredLog, new: StoredLog) -> str:
+    """Describe what a revision changes: the time of the event, or its user."""
+    if old.timestamp != new.timestamp:
+        return f"its {new.event_type} moved from {old.timestamp} to {new.timestamp}"
+    return f"the user of its {new.event_type} changed from {old.user!r} to {new.user!r}"
+
+
+def _revise(old: StoredLog, new: StoredLog) -> None:
+    changed = f"from {old.timestamp} to {new.timestamp}" if old.timestamp != new.timestamp \
+        else f"user from {old.user!r} to {new.user!r}"
+    logger.info("Revised the %s of session %s on %s %s (log %s)", new.event_type,
+                new.session_identifier, new.instrument, changed, old.id_session_log or "new")
+
+
+def _keep_late_revisions(conn: Connection, late: list[tuple[StoredLog, StoredLog]]) -> int:
+    """Warn about revisions of built sessions and keep them for ``check``; return how many."""
+    if not late:
+        return 0
+    keep = SESSION_REVISIONS.name in conn.backend.table_names(conn)
+    received = datetime.now(timezone.utc).isoformat()
+    for old, new in late:
+        logger.warning(
+            "Session %s on %s was revised after its record was built (status %s): %s; "
+            "nothing was changed (see 'nexuslims-db check')",
+            new.session_identifier, new.instrument, old.record_status, _change(old, new))
+        kept = conn.fetchall(
+            f"SELECT revised_timestamp, revised_user FROM {SESSION_REVISIONS.name} "
+            f"WHERE log_id = ?", (old.id_session_log,)) if keep else [(new.timestamp, new.user)]
+        if (new.timestamp, new.user) not in kept:
+            columns = SESSION_REVISIONS.column_names[1:]
+            conn.execute(
+                f"INSERT INTO {SESSION_REVISIONS.name} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                (old.id_session_log, new.session_identifier, new.instrument, new.event_type,
+                 old.timestamp, new.timestamp, new.user, received),
+            )
+    return len(late)
+
+
+def insert_logs(logs: Iterable[SessionLog], database: Optional[DatabaseRef] = None) -> int:
+    """Write many session logs in one transaction; return how many rows were inserted.
+
+    Each log is treated as :meth:`SessionLog.insert_log` treats one (same
+    events skipped, revisions applied in place), also against logs earlier
+    in ``logs``. Every log is validated before anything is written: one bad
+    log rejects the whole batch.
+
+    Raises
+    ------
+    TypeError
+        ``logs`` is not an iterable of :class:`SessionLog`.
+    ValueError
+        A log has an unknown event type or status, a blank identifier or one
+        with control characters, an instrument not in the ``instruments``
+        table, or a timestamp that is not ISO 8601 (or out of range); the
+        message names the log. Nothing is written.
+    """
+    batch = _as_list(logs)
+    if not batch:
+        return 0
+    with transaction(database, begin="IMMEDIATE") as conn:
+        result = write_logs(conn, batch)
+    logger.debug("Inserted %d of %d session logs (%d revised)",
+                 result.inserted, len(batch), result.revised)
+    return result.inserted
+
+
+def set_status(
+    conn: Connection,
+    status: Union[RecordStatus, str],
+    *,
+    session_identifier: Optional[str] = None,
+    ids: Iterable[int] = (),
+) -> int:
+    """Set ``record_status`` of a session's logs, or of the logs ``ids``; return rows changed."""
+    value = coerce(RecordStatus, status, "record_status").value
+    if session_identifier is not None:
+        changed = int(conn.execute(
+            f"UPDATE {SESSION_LOG.name} SET record_status = ? WHERE session_identifier = ?",
+            (value, session_identifier)).rowcount)
+        # An outcome ends any builder's claim on the session.
+        if value in FINAL_STATUSES and SESSION_CLAIMS.name in conn.backend.table_names(conn):
+            conn.execute(f"DELETE FROM {SESSION_CLAIMS.name} WHERE session_identifier = ?",
+                         (session_identifier,))
+        return changed
+    rows = [(value, log_id) for log_id in sorted(set(ids))]
+    conn.executemany(
+        f"UPDATE {SESSION_LOG.name} SET record_status = ? WHERE id_session_log = ?", rows)
+    return len(rows)
+
+
+def _event_log(
+    event: EventType,
+    status: RecordStatus,
+    instrument: str,
+    session_identifier: str,
+    user: Optional[str],
+    at: Union[str, datetime, None],
+) -> SessionLog:
+    """Return the log to write; the time is now (local, with offset) when ``at`` is None."""
+    timestamp = now_local_iso() if at is None else canonical_timestamp(at)
+    return SessionLog(session_identifier, instrument, timestamp, event.value, user, status.value)
+
+
+def log_start(
+    instrument: str,
+    session_identifier: str,
+    user: Optional[str] = None,
+    at: Union[str, datetime, None] = None,
+    *,
+    database: Optional[DatabaseRef] = None,
+) -> SessionLog:
+    """Log the start of a session: a START log with status ``WAITING_FOR_END``.
+
+    Parameters
+    ----------
+    instrument
+        The instrument PID; must be in the ``instruments`` table.
+    session_identifier
+        The new session's identifier; no START may exist for it yet.
+    user
+        Who is using the instrument, if known.
+    at
+        When the session started (ISO 8601 text or ``datetime``); by default
+        now, in the system's zone, with its UTC offset.
+    database
+        The database; by default from ``nexusLIMS_db_path``.
+
+    Returns
+    -------
+    SessionLog
+        The log written.
+
+    Raises
+    ------
+    ValueError
+        The instrument is unknown, the identifier already has a START log,
+        or an argument is invalid. Nothing is written.
+    """
+    try:
+        check_text(session_identifier, "session_identifier")
+        log = _event_log(EventType.START, RecordStatus.WAITING_FOR_END, instrument,
+                         session_identifier, user, at)
+    except ValueError as exc:
+        raise ValueError(f"Cannot start session {session_identifier!r}: {exc}") from None
+    with transaction(database, begin="IMMEDIATE") as conn:
+        existing = conn.fetchone(
+            select_logs("session_identifier = ? AND event_type = ? ORDER BY id_session_log"),
+            (session_identifier, _START))
+        if existing is not None:
+            start = StoredLog(*existing)
+            raise ValueError(
+                f"Session {session_identifier!r} already has a START log "
+                f"(id {start.id_session_log}, status {start.record_status}); not writing another"
+            )
+        write_logs(conn, [log])
+    logger.info("Logged START of session %s on %s", session_identifier, instrument)
+    return log
+
+
+def log_end(
+    instrument: str,
+    session_identifier: str,
+    user: Optional[str] = None,
+    at: Union[str, datetime, None] = None,
+    *,
+    database: Optional[DatabaseRef] = None,
+) -> SessionLog:
+    """Log the end of a session and mark it ready for its record to be built.
+
+    Writes an END log and sets the session's START and END logs to
+    ``TO_BE_BUILT``, in one transaction.
+
+    Parameters
+    ----------
+    instrument
+        The instrument PID; must be the one the session started on.
+    session_identifier
+        The session's identifier; it must have one open START log (status
+        ``WAITING_FOR_END``) and no END log.
+    user
+        Who used the instrument; by default the user of the START log.
+    at
+        When the session ended (ISO 8601 text or ``datetime``); by default
+        now, in the system's zone, with its UTC offset. Not before the start.
+    database
+        The database; by default from ``nexusLIMS_db_path``.
+
+    Returns
+    -------
+    SessionLog
+        The END log written.
+
+    Raises
+    ------
+    ValueError
+        There is no open START for the identifier (or several), it has an END
+        already, the instrument is unknown or not the session's, the end is
+        before the start, or an argument is invalid. Nothing is written.
+    """
+    try:
+        check_text(session_identifier, "session_identifier")
+        log = _event_log(EventType.END, RecordStatus.TO_BE_BUILT, instrument,
+                         session_identifier, user, at)
+    except ValueError as exc:
+        raise ValueError(f"Cannot end session {session_identifier!r}: {exc}") from None
+    with transaction(database, begin="IMMEDIATE") as conn:
+        instruments = read_instruments(conn)
+        require_instrument(instrument, instruments, log)
+        logs = [StoredLog(*row) for row in conn.fetchall(
+            select_logs("session_identifier = ? ORDER BY id_session_log"), (session_identifier,))]
+        ends = [row for row in logs if row.event_type == _END]
+        if ends:
+            raise ValueError(
+                f"Cannot end session {session_identifier!r}: it already has an END log "
+                f"(id {ends[0].id_session_log}, status {ends[0].record_status})"
+            )
+        waiting = RecordStatus.WAITING_FOR_END.value
+        starts = [row for row in logs if row.event_type == _START and row.record_status == waiting]
+        if len(starts) != 1:
+            how_many = "no open START log" if not starts else f"{len(starts)} open START logs"
+            raise ValueError(
+                f"Cannot end session {session_identifier!r}: it has {how_many} "
+                f"(status {waiting}); expected exactly one"
+            )
+        start = starts[0]
+        if start.instrument != instrument:
+            raise ValueError(
+                f"Cannot end session {session_identifier!r} on {instrument!r}: "
+                f"it started on {start.instrument!r}"
+            )
+        length = span(parse_timestamp(start.timestamp), parse_timestamp(log.timestamp),
+                      instruments[instrument].timezone)
+        if length is not None and length < timedelta(0):
+            raise ValueError(
+                f"Cannot end session {session_identifier!r} at {log.timestamp}: "
+                f"it started later, at {start.timestamp}"
+            )
+        if log.user is None:
+            log.user = start.user
+        write_logs(conn, [log])
+        set_status(conn, RecordStatus.TO_BE_BUILT, ids=[start.id_session_log])
+    logger.info("Logged END of session %s on %s", session_identifier, instrument)
+    return log

@@ -1,0 +1,357 @@
+"""Bringing an older database up to date: numbered steps keyed on the schema version.
+
+The schema version is stored in the database (``PRAGMA user_version`` in
+SQLite). Each :class:`Step` raises it by one; the pending steps are those
+above the stored version. :func:`migrate_db` checks the tables, backs a
+SQLite file up, runs every pending step and records the new version in one
+transaction: if anything fails, the database is left as it was. Adding a
+schema version is adding one step here (and its tables in
+:mod:`~nexusLIMS.db.schema`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
+
+from nexusLIMS.db.backends import backend_for
+from nexusLIMS.db.backends.sqlite import backup_file
+from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
+from nexusLIMS.db.connection import Connection, connect
+from nexusLIMS.db.errors import MigrationError, UnsupportedDatabaseError
+from nexusLIMS.db.schema import (
+    INDEXES,
+    INSTRUMENTS,
+    SCHEMA_VERSION,
+    SESSION_LOG,
+    TABLES,
+    index_statement,
+    inspect,
+    table_statement,
+)
+
+__all__ = ["STEPS", "MigrationResult", "Step", "backup_path_for", "migrate_db", "pending_steps"]
+
+logger = logging.getLogger(__name__)
+
+_OLD = "_session_log_before_migration"
+_INDEX_1_4 = "session_log.fk_instrument_idx"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One migration step: from ``version - 1`` to ``version``."""
+
+    version: int
+    name: str
+    description: str
+    apply: Callable[[Connection], None]
+    rebuilds: bool = False
+
+
+def _rebuild_session_log(conn: Connection) -> None:
+    """Give session_log the current CHECKs and foreign key, keeping every row and id."""
+    if conn.dialect == "postgresql":
+        _alter_postgres(conn)
+    else:
+        _rebuild_sqlite(conn)
+    for index in INDEXES:
+        if index.table == SESSION_LOG.name and index.since <= 2:
+            conn.execute(index_statement(index))
+
+
+def _alter_postgres(conn: Connection) -> None:
+    """PostgreSQL changes constraints in place."""
+    names = [name for (name,) in conn.fetchall(
+        "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(?) "
+        "AND contype IN ('c', 'f')", (SESSION_LOG.name,))]
+    for name in names:
+        conn.execute(f'ALTER TABLE {SESSION_LOG.name} DROP CONSTRAINT "{name}"')
+    for column in SESSION_LOG.columns:
+        if column.allowed:
+            values = ", ".join(f"'{value}'" for value in column.allowed)
+            conn.execute(f"ALTER TABLE {SESSION_LOG.name} ADD CONSTRAINT "
+                         f"{SESSION_LOG.name}_{column.name}_check "
+                         f"CHECK ({column.name} IN ({values}))")
+        if column.references:
+            table, parent = column.references
+            conn.execute(f"ALTER TABLE {SESSION_LOG.name} ADD CONSTRAINT "
+                         f"{SESSION_LOG.name}_{column.name}_fkey FOREIGN KEY ({column.name}) "
+                         f"REFERENCES {table} ({parent}) ON UPDATE CASCADE ON DELETE RESTRICT "
+                         f"NOT VALID")  # keeps rows whose instrument is gone, as SQLite does
+
+
+def _rebuild_sqlite(conn: Connection) -> None:
+    """SQLite cannot change a constraint: copy the rows into a new table."""
+    rows = int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}"))
+    sequence = conn.scalar("SELECT seq FROM sqlite_sequence WHERE name = ?", (SESSION_LOG.name,)) \
+        if "sqlite_sequence" in conn.backend.table_names(conn) else None
+    # Ours are created anew; 1.4's index on instrument is replaced by ours.
+    ours = {index.name for index in INDEXES} | {_INDEX_1_4}
+    own_indexes = [sql for name, sql in conn.fetchall(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+        "AND sql IS NOT NULL", (SESSION_LOG.name,)) if name not in ours]
+    columns = ", ".join(f'"{c}"' for c in SESSION_LOG.column_names)
+    conn.execute(f"ALTER TABLE {SESSION_LOG.name} RENAME TO {_OLD}")
+    conn.execute(table_statement(SESSION_LOG, "sqlite"))
+    conn.execute(f"INSERT INTO {SESSION_LOG.name} ({columns}) SELECT {columns} FROM {_OLD} "
+                 f"ORDER BY id_session_log")
+    conn.execute(f"DROP TABLE {_OLD}")
+    if sequence is not None:  # keep the AUTOINCREMENT counter, which may exceed the largest id
+        conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?",
+                     (int(sequence), SESSION_LOG.name))
+    for sql in own_indexes:
+        conn.execute(sql)
+    after = int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}"))
+    if after != rows:
+        raise MigrationError(f"Rebuilt session_log has {after} rows, not {rows}")
+
+
+def _restrict_deletes(conn: Connection) -> None:
+    if conn.backend.on_delete_action(conn, SESSION_LOG.name, "instrument") != "RESTRICT":
+        _rebuild_session_log(conn)
+
+
+def _add_tables(version: int) -> Callable[[Connection], None]:
+    def add(conn: Connection) -> None:
+        for table in TABLES:
+            if table.since == version:
+                conn.execute(table_statement(table, conn.dialect))
+        for index in INDEXES:
+            if index.since == version:
+                conn.execute(index_statement(index))
+    return add
+
+
+#: Every migration step, in order; the last one's version is the current schema version.
+STEPS = (
+    Step(1, "session_log_constraints",
+         "rebuild session_log so that its CHECKs allow every status (1.4's lacks NO_CONSENT, "
+         "NO_RESERVATION and BUILT_NOT_EXPORTED) and deleting an instrument can never delete "
+         "its logs; add the indexes",
+         _rebuild_session_log, rebuilds=True),
+    Step(2, "keep_logs_of_deleted_instruments",
+         "make deleting an instrument that has logs an error instead of deleting its logs "
+         "(rebuilds session_log if its foreign key still cascades deletes)",
+         _restrict_deletes, rebuilds=True),
+    Step(3, "session_claims",
+         "add the session_claims table, so that several record builders can share the work",
+         _add_tables(3)),
+    Step(4, "session_revisions",
+         "add the session_revisions table, keeping START/END times revised after a record "
+         "was built",
+         _add_tables(4)),
+)
+assert STEPS[-1].version == SCHEMA_VERSION, "each schema version needs its migration step"
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """What :func:`migrate_db` did (or, with ``dry_run``, would do).
+
+    Attributes
+    ----------
+    location
+        The database.
+    migrated
+        False when nothing was changed (already current, or a dry run).
+    from_version, to_version
+        The schema version before and after.
+    steps
+        The steps run (or pending, for a dry run).
+    rows
+        How many ``session_log`` rows the database holds (all of them kept).
+    backup
+        The backup made before migrating, if any.
+    orphans
+        Rows kept whose instrument is not in the ``instruments`` table.
+    removed_partial_backups
+        Incomplete backups of earlier, interrupted attempts that were removed.
+    vacuumed
+        Whether the space freed by a rebuild was given back to the disk.
+    """
+
+    location: DatabaseLocation
+    migrated: bool
+    from_version: int
+    to_version: int
+    steps: tuple[Step, ...]
+    rows: int
+    backup: Optional[Path] = None
+    orphans: int = 0
+    removed_partial_backups: tuple[Path, ...] = ()
+    vacuumed: bool = False
+
+    @property
+    def path(self) -> Path:
+        """The database file (SQLite only)."""
+        return self.location.path
+
+
+def pending_steps(version: int) -> tuple[Step, ...]:
+    """Return the steps that bring a database from ``version`` to the current one."""
+    return tuple(step for step in STEPS if step.version > version)
+
+
+def backup_path_for(path: Path, when: Optional[datetime] = None) -> Path:
+    """Return ``<file>.bak-<YYYYmmddTHHMMSS>`` for ``path``, at ``when`` (default now).
+
+    A suffix ``-2``, ``-3``, … is added if a backup of that name exists already.
+    """
+    stamp = (when or datetime.now()).strftime("%Y%m%dT%H%M%S")
+    candidate = path.with_name(f"{path.name}.bak-{stamp}")
+    number = 1
+    while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}.bak-{stamp}-{number}")
+    return candidate
+
+
+def _check_tables(conn: Connection) -> None:
+    """Refuse tables whose columns are not NexusLIMS's: never stamp what was not verified."""
+    for table in (INSTRUMENTS, SESSION_LOG):
+        found = conn.backend.column_names(conn, table.name)
+        if set(found) != set(table.column_names):
+            extra = sorted(set(found) - set(table.column_names))
+            lacking = sorted(set(table.column_names) - set(found))
+            raise MigrationError(
+                f"{conn.location} is not a NexusLIMS 1.4 (or later) database this package can "
+                f"migrate: its {table.name} table has unexpected columns (extra: "
+                f"{', '.join(extra) or 'none'}; missing: {', '.join(lacking) or 'none'}); "
+                f"nothing was changed"
+            )
+
+
+def _preflight(conn: Connection) -> None:
+    """Refuse, before anything is written, a session_log that cannot be rebuilt losslessly."""
+    if conn.dialect == "sqlite":
+        dependants = conn.fetchall(
+            "SELECT type, name FROM sqlite_master WHERE (type = 'trigger' AND tbl_name = ?) "
+            "OR (type = 'view' AND sql LIKE ?)", (SESSION_LOG.name, f"%{SESSION_LOG.name}%"))
+        if dependants:
+            listed = ", ".join(f"{kind} {name}" for kind, name in dependants)
+            raise MigrationError(
+                f"session_log is used by {listed}; drop them, migrate, recreate them")
+    for column in SESSION_LOG.columns:
+        if not column.allowed:
+            continue
+        marks = ", ".join("?" * len(column.allowed))
+        bad = conn.fetchall(
+            f"SELECT {column.name}, count(*) FROM {SESSION_LOG.name} WHERE {column.name} IS NULL "
+            f"OR {column.name} NOT IN ({marks}) GROUP BY {column.name}", column.allowed)
+        if bad:
+            listed = ", ".join(f"{value!r} ({count} rows)" for value, count in bad)
+            raise MigrationError(
+                f"session_log.{column.name} holds values the current schema forbids: {listed}")
+
+
+def _remove_partial_backups(location: DatabaseLocation) -> tuple[Path, ...]:
+    path = location.path
+    removed = tuple(sorted(path.parent.glob(f"{path.name}.bak-*.partial*")))
+    for leftover in removed:
+        leftover.unlink(missing_ok=True)
+    if removed:
+        logger.warning("Removed %d incomplete backup file(s) of an interrupted migration: %s",
+                       len(removed), ", ".join(map(str, removed)))
+    return removed
+
+
+def migrate_db(
+    database: Optional[DatabaseRef] = None, *, backup: bool = True, dry_run: bool = False
+) -> MigrationResult:
+    """Bring the database up to the current schema, keeping every row.
+
+    Runs every pending :data:`STEPS` in one transaction and records the new
+    schema version; on a current database nothing is changed and no backup
+    is made. Rows whose instrument is missing from ``instruments`` are kept
+    (with a warning). After a rebuild, SQLite's freed space is returned to
+    the disk (``VACUUM``).
+
+    Parameters
+    ----------
+    database
+        The database; by default from ``nexusLIMS_db_path``. Never created.
+    backup
+        First copy a SQLite database, with SQLite's backup API, to
+        ``<file>.bak-<YYYYmmddTHHMMSS>`` beside it (written under a temporary
+        name and renamed once complete).
+    dry_run
+        Only report the pending steps; change nothing.
+
+    Returns
+    -------
+    MigrationResult
+        What was done.
+
+    Raises
+    ------
+    MigrationError
+        The database cannot be migrated, or a step failed; the database is
+        unchanged (the message names any backup made).
+    UnsupportedDatabaseError
+        The database is NexusLIMS 2.x's, another application's, or newer.
+    DatabaseNotFoundError
+        No database file exists at the path.
+    """
+    location = locate_database(database)
+    sqlite = location.backend == "sqlite"
+    removed = _remove_partial_backups(location) if sqlite and not dry_run else ()
+    copy: Optional[Path] = None
+    target: Optional[Path] = None
+    try:
+        with connect(location, begin="DEFERRED" if dry_run else "IMMEDIATE",
+                     foreign_keys=False) as conn:
+            info = inspect(conn)
+            info.check_usable()
+            _check_tables(conn)
+            steps = pending_steps(info.version)
+            rows = int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}"))
+            if not steps or dry_run:
+                return MigrationResult(location, False, info.version, info.version, steps, rows,
+                                       removed_partial_backups=removed)
+            if any(step.rebuilds for step in steps):
+                _preflight(conn)
+            if sqlite and backup:
+                # Our write lock is held but nothing is written yet, so the copy
+                # shows exactly the state that is migrated.
+                target = backup_path_for(location.path)
+                with connect(location, begin=None) as source:
+                    copy = backup_file(source, target)
+            orphans = int(conn.scalar(
+                f"SELECT count(*) FROM {SESSION_LOG.name} WHERE instrument NOT IN "
+                f"(SELECT instrument_pid FROM {INSTRUMENTS.name})"))
+            for step in steps:
+                logger.info("Migration step %d (%s): %s", step.version, step.name, step.description)
+                step.apply(conn)
+            conn.backend.set_schema_version(conn, SCHEMA_VERSION)
+            if int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}")) != rows:
+                raise MigrationError("session_log lost rows while migrating")
+    except Exception as exc:
+        if target is not None and copy is None:  # the backup itself failed: leave no part of it
+            for leftover in target.parent.glob(f"{target.name}.partial*"):
+                leftover.unlink(missing_ok=True)
+        if isinstance(exc, (MigrationError, UnsupportedDatabaseError)) and copy is None:
+            raise
+        where = f"; the backup {copy} was kept" if copy else "; no backup was kept"
+        raise MigrationError(
+            f"Could not migrate {location}; it was left unchanged{where}: {exc}") from exc
+    vacuumed = False
+    vacuum_errors: tuple[type[BaseException], ...] = (*backend_for(location).driver_errors, OSError)
+    if sqlite and any(step.rebuilds for step in steps):
+        try:
+            with connect(location, begin=None) as conn:
+                conn.execute("VACUUM")
+            vacuumed = True
+        except vacuum_errors as exc:
+            logger.warning("Migrated %s, but could not give its freed space back to the disk "
+                           "(VACUUM failed: %s); it works as it is", location, exc)
+    if orphans:
+        logger.warning("%d session_log rows name an instrument that is not in the instruments "
+                       "table; they were kept as they were", orphans)
+    logger.info("Migrated %s from schema version %d to %d", location, info.version, SCHEMA_VERSION)
+    return MigrationResult(location, True, info.version, SCHEMA_VERSION, steps, rows, copy,
+                           orphans, removed, vacuumed)
+

@@ -1,0 +1,91 @@
+"""Shared helpers of the test suite: sample PIDs, a log factory, raw reads and writes.
+
+Raw writes bypass the package's validation (and foreign keys), to set up
+the inconsistent states 1.4 code or other tools can leave behind. They work on
+both backends, through the package's own connection helper.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import pytest
+
+from nexusLIMS.db.config import DatabaseRef
+from nexusLIMS.db.connection import connect
+from nexusLIMS.db.logs import LOG_COLUMNS, SessionLog, StoredLog
+from nexusLIMS.db.sessions import Session
+
+#: The sample instruments (see nexusLIMS.db.samples): TITAN and QUANTA are in
+#: America/New_York, JEOL in America/Denver.
+TITAN = "FEI-Titan-TEM-635816"
+QUANTA = "FEI-Quanta-ESEM-633137"
+JEOL = "JEOL-JEM3010-TEM-565989"
+#: How 1.4's error for a START without exactly one END begins.
+END_COUNT_PREFIX = "There was not exactly one 'END' log for this 'START' log; "
+
+#: (session_identifier, instrument, timestamp, event_type, record_status, user)
+Row = tuple[str, str, str, str, str, Optional[str]]
+
+
+def log(
+    identifier: str, event: str, timestamp: str, instrument: str = TITAN,
+    status: str = "TO_BE_BUILT", user: Optional[str] = "alice",
+) -> SessionLog:
+    """Return a SessionLog (arguments in the order tests think of them)."""
+    return SessionLog(identifier, instrument, timestamp, event, user, status)
+
+
+def row(
+    identifier: str, event: str, timestamp: str, instrument: str = TITAN,
+    status: str = "TO_BE_BUILT", user: Optional[str] = "alice",
+) -> Row:
+    """Return a raw ``session_log`` row for :func:`insert_raw`."""
+    return (identifier, instrument, timestamp, event, status, user)
+
+
+def insert_raw(rows: Sequence[Row], database: Optional[DatabaseRef] = None) -> list[int]:
+    """Insert ``rows`` as given, without validation or foreign keys; return their ids."""
+    columns = ", ".join(f'"{c}"' for c in LOG_COLUMNS[1:])
+    with connect(database, begin="IMMEDIATE", foreign_keys=False) as conn:
+        if conn.dialect == "postgresql":  # the test server's user may disable triggers
+            conn.execute("SET LOCAL session_replication_role = replica")
+        return [
+            conn.insert(f"INSERT INTO session_log ({columns}) VALUES (?, ?, ?, ?, ?, ?)", values,
+                        key="id_session_log")
+            for values in rows
+        ]
+
+
+def sql(query: str, params: Sequence[Any] = (), database: Optional[DatabaseRef] = None
+        ) -> list[tuple[Any, ...]]:
+    """Run one statement (the package's own dialect: ``?`` placeholders) and return its rows."""
+    with connect(database, begin="IMMEDIATE") as conn:
+        cursor = conn.execute(query, params)
+        return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
+
+
+def rows(database: Optional[DatabaseRef] = None) -> list[StoredLog]:
+    """Return every ``session_log`` row, in id order."""
+    quoted = ", ".join(f'"{c}"' for c in LOG_COLUMNS)
+    return [StoredLog(*r) for r in sql(
+        f"SELECT {quoted} FROM session_log ORDER BY id_session_log", database=database)]
+
+
+def statuses(database: Optional[DatabaseRef] = None) -> dict[int, str]:
+    """Return ``{id_session_log: record_status}`` of every row."""
+    return {r.id_session_log: r.record_status for r in rows(database)}
+
+
+def session_key(session: Session) -> tuple[Any, ...]:
+    """Return what identifies a returned session: identifier, PID, start, end, user."""
+    return (session.session_identifier, session.instrument.name,
+            session.dt_from.isoformat(), session.dt_to.isoformat(), session.user)
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Return the WARNING messages the package logged."""
+    return [record.getMessage() for record in caplog.records
+            if record.levelno == logging.WARNING and record.name.startswith("nexusLIMS")]
