@@ -87,8 +87,7 @@ def _alter_postgres(conn: Connection) -> None:
 def _rebuild_sqlite(conn: Connection) -> None:
     """SQLite cannot change a constraint: copy the rows into a new table."""
     rows = int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}"))
-    sequence = conn.scalar("SELECT seq FROM sqlite_sequence WHERE name = ?", (SESSION_LOG.name,)) \
-        if "sqlite_sequence" in conn.backend.table_names(conn) else None
+    sequence = conn.backend.id_counter(conn, SESSION_LOG.name, "id_session_log")
     # Ours are created anew; 1.4's index on instrument is replaced by ours.
     ours = {index.name for index in INDEXES} | {_INDEX_1_4}
     own_indexes = [sql for name, sql in conn.fetchall(
@@ -100,9 +99,10 @@ def _rebuild_sqlite(conn: Connection) -> None:
     conn.execute(f"INSERT INTO {SESSION_LOG.name} ({columns}) SELECT {columns} FROM {_OLD} "
                  f"ORDER BY id_session_log")
     conn.execute(f"DROP TABLE {_OLD}")
-    if sequence is not None:  # keep the AUTOINCREMENT counter, which may exceed the largest id
-        conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?",
-                     (int(sequence), SESSION_LOG.name))
+    # Keep the AUTOINCREMENT counter, which may exceed the largest id.
+    if sequence is not None and sequence > (
+            conn.backend.id_counter(conn, SESSION_LOG.name, "id_session_log") or 0):
+        conn.backend.set_id_counter(conn, SESSION_LOG.name, "id_session_log", sequence)
     for sql in own_indexes:
         conn.execute(sql)
     after = int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}"))

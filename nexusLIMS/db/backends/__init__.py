@@ -69,6 +69,12 @@ class Backend(Protocol):
     def on_delete_action(self, conn: Connection, table: str, column: str) -> Optional[str]:
         """Return the ON DELETE action of the foreign key of ``table.column``, if any."""
 
+    def id_counter(self, conn: Connection, table: str, column: str) -> Optional[int]:
+        """Return the last id ``table.column`` handed out (None if it never did)."""
+
+    def set_id_counter(self, conn: Connection, table: str, column: str, value: int) -> None:
+        """Make the next generated id of ``table.column`` follow ``value``."""
+
     def schema_version(self, conn: Connection) -> int:
         """Return the stored schema version (0 when none is stored)."""
 

@@ -269,6 +269,17 @@ class _PostgreSQL:
             (table, column))
         return None if action is None else _ON_DELETE.get(str(action), str(action))
 
+    def id_counter(self, conn: Connection, table: str, column: str) -> Optional[int]:
+        sequence = conn.scalar("SELECT pg_get_serial_sequence(?, ?)", (table, column))
+        if sequence is None:
+            return None
+        row = conn.fetchone(f"SELECT last_value, is_called FROM {sequence}")
+        return None if row is None or not row[1] else int(row[0])
+
+    def set_id_counter(self, conn: Connection, table: str, column: str, value: int) -> None:
+        conn.execute("SELECT setval(pg_get_serial_sequence(?, ?), ?, ?)",
+                     (table, column, max(int(value), 1), int(value) >= 1))
+
     def schema_version(self, conn: Connection) -> int:
         if not conn.scalar("SELECT to_regclass(?) IS NOT NULL", (_VERSION_TABLE,)):
             return 0

@@ -169,6 +169,19 @@ class _SQLite:
             'SELECT on_delete FROM pragma_foreign_key_list(?) WHERE "from" = ?', (table, column))
         return None if row is None else str(row[0]).upper()
 
+    def id_counter(self, conn: Connection, table: str, column: str) -> Optional[int]:
+        if "sqlite_sequence" not in self.table_names(conn):
+            return None
+        value = conn.scalar("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
+        return None if value is None else int(value)
+
+    def set_id_counter(self, conn: Connection, table: str, column: str, value: int) -> None:
+        # AUTOINCREMENT keeps its counter in sqlite_sequence (made with the table).
+        if conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?",
+                        (int(value), table)).rowcount == 0:
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)",
+                         (table, int(value)))
+
     def schema_version(self, conn: Connection) -> int:
         return int(conn.scalar("PRAGMA user_version"))
 

@@ -218,6 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "Its builder can then no longer record an outcome for it.")
     release.add_argument("session_identifier", metavar="SESSION", help="session identifier")
 
+    copy = _sub(commands_, "copy", "copy a whole database to another (any backends)",
+                f"{PROG} copy nexuslims_db.sqlite postgresql://nexuslims@dbhost/nexuslims",
+                commands.cmd_copy,
+                "Keeps every id and the id counters; a NexusLIMS 1.4 file is migrated on the\n"
+                "way; the source is only read. Row counts and checksums are compared before\n"
+                "the copy is committed; on any failure the target is left as it was.")
+    copy.add_argument("source", metavar="SOURCE", help="database to copy: a path or URL")
+    copy.add_argument("target", metavar="TARGET",
+                      help="where to copy it: a SQLite path (created) or a PostgreSQL URL")
+    copy.add_argument("--force", action="store_true",
+                      help="replace the NexusLIMS tables of a target that holds rows")
+
     info = _sub(commands_, "info", "an overview of the database (for a support request)",
                 f"{db} info", commands.cmd_info)
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -288,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler: Handler = args.handler
     try:
         with _log_to_stderr(args.debug):
-            if args.command not in ("init", "schema", "completion"):
+            if args.command not in ("init", "schema", "completion", "copy"):
                 locate_database(args.db)  # a missing file is an error, never created
             return handler(args)
     except KeyboardInterrupt:

@@ -1,0 +1,198 @@
+"""Copying a whole NexusLIMS database between backends (and moving a facility).
+
+:func:`copy_database` copies every NexusLIMS table from one database to
+another, SQLite or PostgreSQL on either side, keeping every id and the id
+counters, so that new rows continue after the old ones. The target gets the
+current schema (a NexusLIMS 1.4 file is migrated on the way); the source is
+only read. The copy is one transaction of the target: it is verified (row
+counts and a checksum of every table, computed on both sides) before it is
+committed, and a failure leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
+from nexusLIMS.db.connection import Connection, connect
+from nexusLIMS.db.errors import UnsupportedDatabaseError
+from nexusLIMS.db.schema import (
+    INSTRUMENTS,
+    SCHEMA_VERSION,
+    SESSION_LOG,
+    TABLES,
+    Table,
+    create_statements,
+    inspect,
+)
+
+__all__ = ["CopyResult", "Progress", "TableCopy", "copy_database"]
+
+logger = logging.getLogger(__name__)
+
+#: Called as rows are copied: ``(table, rows copied so far, rows in the table)``.
+Progress = Callable[[str, int, int], None]
+_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class TableCopy:
+    """One table copied: its rows and the checksum both sides agreed on."""
+
+    table: str
+    rows: int
+    checksum: str
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What :func:`copy_database` did."""
+
+    source: DatabaseLocation
+    target: DatabaseLocation
+    source_version: int
+    tables: tuple[TableCopy, ...]
+    next_log_id: int
+
+
+def _select(table: Table) -> str:
+    columns = ", ".join(f'"{c}"' for c in table.column_names)
+    return f"SELECT {columns} FROM {table.name} ORDER BY {table.columns[0].name}"
+
+
+def _digest(rows: Any, checksum: Any) -> int:
+    """Feed ``rows`` to ``checksum``, values as text whatever the backend; return the count."""
+    count = 0
+    for row in rows:
+        checksum.update("\x1f".join("\x00" if v is None else str(v) for v in row).encode())
+        checksum.update(b"\x1e")
+        count += 1
+    return count
+
+
+def _target_tables(conn: Connection, force: bool) -> None:
+    """Check the target and give it empty, current NexusLIMS tables."""
+    info = inspect(conn)
+    info.check_usable(require_tables=False)
+    where = conn.location.describe()
+    if info.foreign_tables and not force:
+        raise UnsupportedDatabaseError(
+            f"{where} holds tables of another application ({', '.join(info.foreign_tables)}); "
+            f"not copying into it (use another target, or --force)")
+    ours = [table for table in TABLES if table.name in info.tables]
+    filled = [t.name for t in ours if conn.scalar(f"SELECT count(*) FROM {t.name}")]
+    if filled and not force:
+        raise UnsupportedDatabaseError(
+            f"{where} is not empty ({', '.join(filled)} hold rows); not copying into it "
+            f"(use an empty target, or --force to replace its NexusLIMS tables)")
+    for table in reversed(ours):  # dependants first
+        conn.execute(f"DROP TABLE {table.name}")
+    for statement in create_statements(conn.dialect):
+        conn.execute(statement)
+
+
+def _orphans(conn: Connection) -> int:
+    return int(conn.scalar(
+        f"SELECT count(*) FROM {SESSION_LOG.name} WHERE instrument NOT IN "
+        f"(SELECT instrument_pid FROM {INSTRUMENTS.name})"))
+
+
+def copy_database(
+    source: DatabaseRef,
+    target: DatabaseRef,
+    *,
+    force: bool = False,
+    progress: Optional[Progress] = None,
+) -> CopyResult:
+    """Copy every NexusLIMS table of ``source`` into ``target``, ids and counters kept.
+
+    Parameters
+    ----------
+    source
+        The database to copy (a path or URL); only read.
+    target
+        Where to copy it: a SQLite file (created if missing) or a PostgreSQL
+        database (which must exist). It must hold no NexusLIMS rows.
+    force
+        Replace the NexusLIMS tables of a target that has rows (and copy into
+        a database holding other applications' tables).
+    progress
+        Called as rows are copied, for a progress display.
+
+    Returns
+    -------
+    CopyResult
+        The rows and checksum of every table.
+
+    Raises
+    ------
+    UnsupportedDatabaseError
+        The source is not a NexusLIMS database this package can read, or the
+        target is not empty (without ``force``), or is the source.
+    ValueError
+        The source has session logs of instruments it does not have, which a
+        PostgreSQL target cannot hold.
+    """
+    origin = locate_database(source)
+    destination = locate_database(target, must_exist=False)
+    if origin == destination:
+        raise UnsupportedDatabaseError(f"Cannot copy {origin} onto itself")
+    new_file = destination.backend == "sqlite" and not destination.path.exists()
+    copied: list[TableCopy] = []
+    try:
+        with connect(origin, begin="DEFERRED") as src, \
+                connect(destination, begin="IMMEDIATE", create=True, foreign_keys=False) as dst:
+            info = inspect(src)
+            info.check_usable()
+            if dst.dialect == "postgresql" and (orphans := _orphans(src)):
+                raise ValueError(
+                    f"{origin} has {orphans} session logs of instruments missing from its "
+                    f"instruments table, which PostgreSQL cannot hold; add those instruments "
+                    f"(or remove their logs) first")
+            _target_tables(dst, force)
+            for table in TABLES:
+                if table.name in info.tables:
+                    copied.append(_copy_table(src, dst, table, progress))
+            counter = max(src.backend.id_counter(src, SESSION_LOG.name, "id_session_log") or 0,
+                          int(src.scalar(f"SELECT max(id_session_log) FROM {SESSION_LOG.name}")
+                              or 0))
+            dst.backend.set_id_counter(dst, SESSION_LOG.name, "id_session_log", counter)
+            dst.backend.set_schema_version(dst, SCHEMA_VERSION)
+    except BaseException:
+        if new_file:
+            journal = destination.path.with_name(destination.path.name + "-journal")
+            for leftover in (destination.path, journal):
+                leftover.unlink(missing_ok=True)
+        raise
+    logger.info("Copied %s to %s (%s)", origin, destination,
+                ", ".join(f"{c.table}: {c.rows} rows" for c in copied))
+    return CopyResult(origin, destination, info.version, tuple(copied), counter + 1)
+
+
+def _copy_table(src: Connection, dst: Connection, table: Table,
+                progress: Optional[Progress]) -> TableCopy:
+    """Copy one table in chunks, then check the target's rows against the source's."""
+    total = int(src.scalar(f"SELECT count(*) FROM {table.name}"))
+    columns = ", ".join(f'"{c}"' for c in table.column_names)
+    insert = (f"INSERT INTO {table.name} ({columns}) "
+              f"VALUES ({', '.join('?' * len(table.column_names))})")
+    sent = hashlib.sha256()
+    done = 0
+    cursor = src.execute(_select(table))
+    while rows := cursor.fetchmany(_CHUNK):
+        _digest(rows, sent)
+        dst.executemany(insert, [tuple(row) for row in rows])
+        done += len(rows)
+        if progress is not None:
+            progress(table.name, done, total)
+    stored = hashlib.sha256()
+    count = _digest(dst.execute(_select(table)).fetchall(), stored)
+    if (count, stored.hexdigest()) != (done, sent.hexdigest()) or done != total:
+        raise RuntimeError(
+            f"The copy of {table.name} does not match its source ({count} of {total} rows, "
+            f"checksum {stored.hexdigest()[:12]} against {sent.hexdigest()[:12]}); "
+            f"nothing was copied")
+    return TableCopy(table.name, done, sent.hexdigest())
