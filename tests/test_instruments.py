@@ -731,3 +731,24 @@ def test_a_1_4_file_takes_instrument_changes_without_migrating(legacy: Path) -> 
     (session,) = get_sessions_to_build()
     assert session.instrument is instrument_db["Titan-Renamed"]
     assert _shape(legacy) == shape
+
+
+def test_look_ups_in_a_loop_read_the_table_only_after_a_change(
+    nexuslims_db: Path, nexuslims_instruments: dict[str, Instrument]
+) -> None:
+    from nexusLIMS.db.connection import tracing
+
+    instrument_db[TITAN]  # read once
+    seen: list[tuple[str, str]] = []
+    with tracing(lambda event, text: seen.append((event, text))):
+        for _ in range(100):
+            assert instrument_db[TITAN].name == TITAN
+            assert get_instr_from_api_url("https://nemo.example.org/api/tools/?id=1") is not None
+    assert seen == []  # nothing changed: no connection, no query
+    with closing(sqlite3.connect(nexuslims_db)) as other, other:  # another program writes
+        other.execute("UPDATE instruments SET location = 'Room 9' WHERE instrument_pid = ?",
+                      (TITAN,))
+    with tracing(lambda event, text: seen.append((event, text))):
+        assert instrument_db[TITAN].location == "Room 9"
+        assert instrument_db[TITAN].location == "Room 9"
+    assert len([event for event, _ in seen if event == "open"]) == 1  # read once, again

@@ -44,6 +44,7 @@ __all__ = [
     "Backend",
     "DatabaseLocation",
     "DatabaseRef",
+    "configured_database",
     "data_root",
     "locate_database",
     "lock_timeout",
@@ -177,7 +178,7 @@ def locate_database(
             if value:
                 location = _from_text(value, var)
                 break
-        else:
+        else:  # pragma: no branch
             raise DatabaseConfigError(
                 f"No NexusLIMS database configured: set the environment variable "
                 f"{ENV_DB_PATH} (or {ENV_DB_PATH_2X}) to the path of the SQLite file "
@@ -192,6 +193,11 @@ def locate_database(
                 f"no database was created (use init_db or 'nexuslims-db init' to make one)"
             )
     return location
+
+
+def configured_database() -> Optional[str]:
+    """Return the database the environment names (``nexusLIMS_db_path``, else ``NX_DB_PATH``)."""
+    return os.environ.get(ENV_DB_PATH) or os.environ.get(ENV_DB_PATH_2X) or None
 
 
 def _seconds(variable: str, raw: str) -> float:

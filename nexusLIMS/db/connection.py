@@ -12,6 +12,7 @@ how the tests see the SQL and the transactions.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,16 @@ from typing import Any, Callable, Iterator, Optional, Union
 from nexusLIMS.db.backends import Backend, Begin, backend_for
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database, lock_timeout
 
-__all__ = ["Begin", "Connection", "Params", "Tracer", "connect", "tracing"]
+__all__ = [
+    "Begin",
+    "Connection",
+    "Params",
+    "Tracer",
+    "close_watches",
+    "connect",
+    "data_version",
+    "tracing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +231,74 @@ def connect(
         backend.release(location, conn.raw)
         for tracer in tracers:
             tracer("close", location.describe())
+
+
+class _Watches:
+    """Kept read-only connections, one per database, that tell whether it changed.
+
+    The only connections the package keeps open: :func:`data_version` asks
+    one for SQLite's change counter, which costs no read of the database's
+    pages, so that data read earlier can be reused while nothing changed.
+    At most a few are kept (the least recently used is closed), and all are
+    closed at exit or by :func:`close_watches`.
+    """
+
+    _KEEP = 8
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[DatabaseLocation, tuple[Backend, Any]] = {}
+
+    def version(self, location: DatabaseLocation) -> Optional[int]:
+        with self._lock:
+            watch = self._open.pop(location, None)
+            backend = backend_for(location)
+            try:
+                if watch is None:
+                    watch = (backend, backend.open_watch(location))
+                    if watch[1] is not None:
+                        for tracer in list(_tracers):
+                            tracer("open", f"{location.describe()} (change watch)")
+                version = None if watch[1] is None else backend.data_version(watch[1])
+            except backend.driver_errors as exc:
+                if watch is not None:
+                    self._close(location, watch)
+                better = backend.explain(exc, location)
+                if better is None:
+                    raise
+                raise better from exc
+            self._open[location] = watch  # the most recently used last
+            while len(self._open) > self._KEEP:
+                oldest = next(iter(self._open))
+                self._close(oldest, self._open.pop(oldest))
+            return version
+
+    def _close(self, location: DatabaseLocation, watch: tuple[Backend, Any]) -> None:
+        if watch[1] is not None:
+            watch[1].close()
+            for tracer in list(_tracers):
+                tracer("close", f"{location.describe()} (change watch)")
+
+    def close(self) -> None:
+        with self._lock:
+            watches, self._open = self._open, {}
+        for location, watch in watches.items():
+            self._close(location, watch)
+
+
+_watches = _Watches()
+atexit.register(_watches.close)
+
+
+def data_version(location: DatabaseLocation) -> Optional[int]:
+    """Return a number that changes whenever another connection commits to ``location``.
+
+    None when the backend cannot tell cheaply (PostgreSQL): then nothing read
+    before may be reused.
+    """
+    return _watches.version(location)
+
+
+def close_watches() -> None:
+    """Close the kept change-watch connections (test fixtures call it when done)."""
+    _watches.close()

@@ -18,8 +18,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 
 import pytz
 
-from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
-from nexusLIMS.db.connection import Connection
+from nexusLIMS.db.config import (
+    DatabaseLocation,
+    DatabaseRef,
+    configured_database,
+    locate_database,
+)
+from nexusLIMS.db.connection import Connection, data_version
 from nexusLIMS.db.schema import INSTRUMENTS, SESSION_LOG, transaction
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -184,11 +189,18 @@ def _instrument(row: Row) -> Instrument:
 
 
 class _Registry:
-    """The instruments last read from each database, for object identity across reads."""
+    """The instruments last read from each database, for object identity across reads.
+
+    With each database's instruments, the registry keeps the database's
+    change counter (see :func:`~nexusLIMS.db.connection.data_version`) when
+    they were read: while it has not moved, nothing can have changed and the
+    same dict is returned without reading the table.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_database: dict[DatabaseLocation, dict[str, tuple[Row, Instrument]]] = {}
+        self._current: dict[DatabaseLocation, tuple[int, dict[str, Instrument]]] = {}
 
     def resolve(self, location: DatabaseLocation, rows: list[Row]) -> dict[str, Instrument]:
         """Return the instruments of ``rows``, reusing the object of every unchanged row."""
@@ -202,8 +214,21 @@ class _Registry:
             self._by_database[location] = fresh
         return {pid: instrument for pid, (_, instrument) in fresh.items()}
 
+    def current(self, location: DatabaseLocation) -> dict[str, Instrument]:
+        """Return the instruments of ``location`` as they are now (read again only if changed)."""
+        version = data_version(location)  # before reading: a change meanwhile shows next time
+        if version is not None:
+            kept = self._current.get(location)
+            if kept is not None and kept[0] == version:
+                return kept[1]
+        instruments = load_instruments(location)
+        if version is not None:
+            self._current[location] = (version, instruments)
+        return instruments
+
 
 _registry = _Registry()
+_locations: dict[str, DatabaseLocation] = {}
 
 
 def read_instruments(conn: Connection) -> dict[str, Instrument]:
@@ -224,8 +249,19 @@ def load_instruments(database: Optional[DatabaseRef] = None) -> dict[str, Instru
 
 
 def current_instruments() -> dict[str, Instrument]:
-    """Return the instruments of the database configured at this moment."""
-    return load_instruments(locate_database())
+    """Return the instruments of the database configured at this moment.
+
+    A database whose change counter has not moved since its instruments were
+    last read is not read again: look-ups in a loop cost one cheap check each,
+    and still see a row another process added or changed before the call.
+    """
+    name = configured_database()
+    location = _locations.get(name) if name else None
+    if location is None:
+        location = locate_database()
+        if name and len(_locations) < 64:
+            _locations[name] = location
+    return _registry.current(location)
 
 
 class InstrumentDB(dict[str, Instrument]):

@@ -48,7 +48,7 @@ from nexusLIMS.db.config import (
     locate_database,
     test_postgres_url,
 )
-from nexusLIMS.db.connection import connect
+from nexusLIMS.db.connection import close_watches, connect
 from nexusLIMS.db.instruments import Instrument
 from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.schema import init_db
@@ -71,11 +71,14 @@ def _point_at(monkeypatch: pytest.MonkeyPatch, location: DatabaseLocation) -> No
 
 
 @pytest.fixture
-def nexuslims_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def nexuslims_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Return the path of a new NexusLIMS database that the environment names."""
     location = init_db(tmp_path / "nexuslims.sqlite")
     _point_at(monkeypatch, location)
-    return location.path
+    try:
+        yield location.path
+    finally:
+        close_watches()  # the file may be removed (and on Windows, only once closed)
 
 
 @pytest.fixture

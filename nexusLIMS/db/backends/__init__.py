@@ -39,6 +39,12 @@ class Backend(Protocol):
     def release(self, location: DatabaseLocation, raw: Any) -> None:
         """Close a driver connection (or keep it for reuse)."""
 
+    def open_watch(self, location: DatabaseLocation) -> Any:
+        """Return a kept, read-only driver connection for :meth:`data_version`, or None."""
+
+    def data_version(self, raw: Any) -> Optional[int]:
+        """Return a number that changes when another connection commits (None: unknown)."""
+
     def begin(self, conn: Connection, mode: str, timeout: float) -> None:
         """Start a transaction of ``mode``, waiting at most ``timeout`` s for locks."""
 

@@ -202,6 +202,12 @@ class _PostgreSQL:
         _zones[id(raw)] = zone
         return raw
 
+    def open_watch(self, location: DatabaseLocation) -> Any:
+        return None  # a server has no cheap counter of commits: look every time
+
+    def data_version(self, raw: Any) -> Optional[int]:
+        return None
+
     def release(self, location: DatabaseLocation, raw: Any) -> None:
         """Return a connection to the pool (or close it, if it is in a bad state)."""
         _pools.give(location.target, raw)

@@ -97,6 +97,17 @@ class _SQLite:
     def release(self, location: DatabaseLocation, raw: Any) -> None:
         raw.close()
 
+    def open_watch(self, location: DatabaseLocation) -> Any:
+        # Never writes, but may have to roll back a crashed writer's journal.
+        uri = f"{sqlite_uri(location.path)}?mode=rw"
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_SLICE, isolation_level=None,
+                               check_same_thread=False)
+
+    def data_version(self, raw: Any) -> Optional[int]:
+        # SQLite's own change counter: it moves when any other connection commits.
+        return int(_retry_busy(lambda: raw.execute("PRAGMA data_version").fetchone()[0],
+                               lock_timeout()))
+
     def begin(self, conn: Connection, mode: str, timeout: float) -> None:
         raw: sqlite3.Connection = conn.raw
         started = time.monotonic()
