@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from operator import itemgetter
 from typing import Any, Literal, Mapping, Optional, Union
 
 from nexusLIMS.db.config import DatabaseRef, mark_after, record_user
@@ -108,7 +109,8 @@ class Session:
     dt_to: datetime = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.dt_range = tuple(self.dt_range)  # type: ignore[assignment]
+        if type(self.dt_range) is not tuple:  # a list would not hash
+            self.dt_range = tuple(self.dt_range)  # type: ignore[assignment]
         self.dt_from, self.dt_to = self.dt_range
 
     def __repr__(self) -> str:
@@ -301,6 +303,7 @@ class Pairing:
         self.now = now
         self.sessions: list[tuple[int, Session]] = []  # with the id of the START log
         self.suspects: dict[str, None] = {}  # identifiers to look at log by log
+        self.recheck: set[str] = set()  # suspects that may have been paired already
 
     def pair(self, start_id: int, identifier: str, pid: str, start: str,
              user: Optional[str], end: str) -> None:
@@ -336,6 +339,8 @@ class Pairing:
         for start_id, identifier, pid, start, user, end in self.conn.fetchall(_PAIRS):
             if end is None or identifier == previous:
                 self.suspects[identifier] = None
+                if identifier == previous:
+                    self.recheck.add(identifier)
             else:
                 matched_ends += 1
                 self.pair(start_id, identifier, pid, start, user, end)
@@ -343,6 +348,7 @@ class Pairing:
         if self.conn.scalar(_COUNT_ENDS) != matched_ends:
             for (identifier,) in self.conn.fetchall(_LONE_ENDS):
                 self.suspects[identifier] = None
+                self.recheck.add(identifier)  # its START may have paired with another END
 
     def from_scan(self) -> None:
         """Pair without the index (a NexusLIMS 1.4 file): adjacent rows of one scan."""
@@ -366,8 +372,9 @@ class Pairing:
         """Look at the suspects log by log: their sessions, or their problems."""
         if not self.suspects:
             return []
-        suspects = set(self.suspects)
-        self.sessions = [(i, s) for i, s in self.sessions if s.session_identifier not in suspects]
+        if self.recheck:
+            self.sessions = [(i, s) for i, s in self.sessions
+                             if s.session_identifier not in self.recheck]
         groups: dict[str, tuple[list[StoredLog], list[StoredLog]]] = {
             identifier: ([], []) for identifier in self.suspects}
         identifiers = list(self.suspects)
@@ -380,6 +387,8 @@ class Pairing:
                 groups[log.session_identifier][log.event_type == _END].append(log)
         problems: list[tuple[int, SessionProblem]] = []
         for identifier, (starts, ends) in groups.items():
+            if not starts and not ends:  # built (or changed) since it was suspected
+                continue
             starts.sort()
             ends.sort()
             session, found = _check(identifier, starts, ends, self.instruments, self.now)
@@ -387,12 +396,12 @@ class Pairing:
                 self.sessions.append((starts[0].id_session_log, session))
             first_id = min(log.id_session_log for log in starts + ends)
             problems.extend((first_id, problem) for problem in found)
-        problems.sort(key=lambda pair: pair[0])
+        problems.sort(key=itemgetter(0))
         return [problem for _, problem in problems]
 
     def result(self) -> list[Session]:
         """Return the sessions, in order of their START logs (as 1.4 returns them)."""
-        self.sessions.sort(key=lambda pair: pair[0])
+        self.sessions.sort(key=itemgetter(0))
         return [session for _, session in self.sessions]
 
 
