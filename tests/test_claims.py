@@ -178,14 +178,15 @@ def test_claiming_is_one_write_transaction(database: DatabaseLocation) -> None:
     with tracing(lambda event, text: events.append((event, text))):
         assert names(claim_sessions(2, worker="w")) == ["s1", "s2"]
     assert [event for event, _ in events].count("open") == 1
-    statements = [text.strip() for event, text in events if event == "execute"]
+    statements = [text.strip() for event, text in events if event in ("execute", "executemany")]
     begin = statements.index("BEGIN IMMEDIATE")
     commit = statements.index("COMMIT")
     inserts = [i for i, text in enumerate(statements)
                if text.startswith("INSERT INTO session_claims")]
     reads = [i for i, text in enumerate(statements)
              if text.startswith("SELECT") and "FROM session_log" in text]
-    assert len(inserts) == 2
+    assert len(inserts) == 1  # one statement for every claim
+    assert claim_rows().keys() == {"s1", "s2"}
     assert begin < min(reads)
     assert max(reads + inserts) < commit
     assert statements.count("BEGIN IMMEDIATE") == 1
@@ -261,9 +262,6 @@ def test_inconsistent_sessions_are_never_claimed(database: DatabaseLocation) -> 
     assert sorted(claim_rows()) == sorted(good)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: claim_sessions(limit) pages candidates with "
-                   "OFFSET over a query that excludes the rows it has just claimed, so it "
-                   "skips a session behind a run of inconsistent ones")
 def test_no_session_is_skipped_behind_inconsistent_ones(database: DatabaseLocation) -> None:
     add_sessions(["ok-a"])
     insert_raw([r for n in range(9) for r in (
@@ -536,9 +534,6 @@ def test_an_admin_release_fences_the_old_holder(database: DatabaseLocation) -> N
     again.finish("COMPLETED")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ClaimedSession.insert_record_generation_event "
-                   "writes to the database of nexusLIMS_db_path, not to the one the session "
-                   "was claimed from (finish uses the claimed one)")
 def test_record_generation_goes_to_the_claimed_database(
     nexuslims_db: Path, nexuslims_instruments: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -759,7 +754,7 @@ def on_tmpfs(location: DatabaseLocation, monkeypatch: pytest.MonkeyPatch) -> Ite
         shutil.rmtree(folder, ignore_errors=True)
 
 
-BUILD = 0.005  # a simulated record build: 5 ms
+BUILD = 0.010  # a simulated record build: 10 ms (a real one takes minutes)
 
 
 @pytest.mark.slow
@@ -784,9 +779,9 @@ def test_eight_builders_build_every_session_once_and_faster(
     with capsys.disabled():
         print(f"\n[{database.backend}] 1 builder: {rate(one):.0f} sessions/s, 8 builders: "
               f"{rate(eight):.0f} sessions/s, speed-up {speedup:.2f}x")
-    # Eight builders' database work (not their sleeps) needs CPUs of its own:
-    # on fewer than 4 CPUs the machine, not the design, limits the speed-up.
-    if fast_storage and (os.cpu_count() or 1) >= 4:
+    # Eight builders share this machine's CPUs (two, where CI runs) for their
+    # database work; one CPU alone could not show the design's speed-up.
+    if fast_storage and (os.cpu_count() or 1) >= 2:
         assert speedup >= 4
 
 

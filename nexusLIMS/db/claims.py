@@ -31,7 +31,8 @@ from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.enums import EventType, RecordStatus, coerce
 from nexusLIMS.db.errors import ClaimLostError, UnsupportedDatabaseError
 from nexusLIMS.db.instruments import read_instruments
-from nexusLIMS.db.schema import SESSION_CLAIMS, SESSION_LOG, transaction
+from nexusLIMS.db.logs import StoredLog, select_logs, set_status
+from nexusLIMS.db.schema import SESSION_CLAIMS, SESSION_LOG, has_table, transaction
 from nexusLIMS.db.sessions import Pairing, Session
 
 __all__ = [
@@ -52,17 +53,15 @@ _TBB = RecordStatus.TO_BE_BUILT.value
 _START, _END = EventType.START.value, EventType.END.value
 _CLAIMS = SESSION_CLAIMS.name
 
-# TO_BE_BUILT STARTs in id order with their END, leaving out those a live
-# claim holds; read through the partial index ordered by id, so a claim reads
-# only as many sessions as it takes (plus those claimed by others).
+# TO_BE_BUILT STARTs in id order, leaving out those a live claim holds: read
+# through the partial index ordered by id, so a claim reads only as many
+# sessions as it takes (plus those claimed by others). Their logs are then read
+# by identifier. Two plain look-ups: no join a planner could get wrong.
 _CANDIDATES = (
-    f'SELECT s.id_session_log, s.session_identifier, s.instrument, s.timestamp, s."user", '
-    f"e.timestamp FROM {SESSION_LOG.name} AS s JOIN {SESSION_LOG.name} AS e "
-    f"ON e.record_status = '{_TBB}' AND e.event_type = '{_END}' "
-    f"AND e.session_identifier = s.session_identifier AND e.instrument = s.instrument "
+    f"SELECT s.id_session_log, s.session_identifier FROM {SESSION_LOG.name} AS s "
     f"WHERE s.record_status = '{_TBB}' AND s.event_type = '{_START}' AND NOT EXISTS ("
     f"SELECT 1 FROM {_CLAIMS} AS c WHERE c.session_identifier = s.session_identifier "
-    f"AND c.expires_at > ?) ORDER BY s.id_session_log"
+    f"AND c.expires_at > ?) AND s.id_session_log > ? ORDER BY s.id_session_log"
 )
 
 
@@ -81,7 +80,7 @@ def _text(moment: datetime) -> str:
 
 
 def _require_claims(conn: Connection) -> None:
-    if _CLAIMS not in conn.backend.table_names(conn):
+    if not has_table(conn, _CLAIMS):
         raise UnsupportedDatabaseError(
             f"{conn.location} has no {_CLAIMS} table (schema version 3): run "
             f"'nexuslims-db migrate' to let record builders claim sessions")
@@ -102,6 +101,24 @@ class ClaimedSession(Session):
     database: Optional[DatabaseLocation] = field(default=None, compare=False)
     finished: bool = field(default=False, compare=False)
 
+    _has_logs = True  # it was claimed from its logs
+
+    def _database(self) -> Optional[DatabaseRef]:
+        return self.database
+
+    def _check_write(self, conn: Connection, action: str) -> None:
+        """Raise ClaimLostError unless this builder still holds the claim.
+
+        The claim's row stays locked until the transaction ends (SQLite's write
+        transaction keeps every other writer out; PostgreSQL locks the row), so
+        no other builder can take the session over before this write commits.
+        """
+        held = conn.fetchone(
+            f"SELECT 1 FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?"
+            f"{conn.backend.lock_rows}", (self.session_identifier, self.token))
+        if held is None:
+            raise self._lost(action)
+
     def renew(self, lease: timedelta = DEFAULT_LEASE) -> datetime:
         """Extend the claim to ``lease`` from now, for a long build; return the new expiry.
 
@@ -109,14 +126,16 @@ class ClaimedSession(Session):
         ------
         ClaimLostError
             Another builder holds the session now (or an admin released it).
+        ValueError
+            ``lease`` is not positive.
         """
-        expires = _now() + lease
-        with transaction(self.database, begin="IMMEDIATE") as conn:
-            changed = conn.execute(
-                f"UPDATE {_CLAIMS} SET expires_at = ? WHERE session_identifier = ? AND token = ?",
-                (_text(expires), self.session_identifier, self.token)).rowcount
-        if not changed:
-            raise self._lost("renew its claim")
+        if lease <= timedelta(0):
+            raise ValueError(f"lease must be positive, not {lease}")
+        with transaction(self.database, begin="WRITE") as conn:
+            self._check_write(conn, "renew its claim")
+            expires = _now() + lease
+            conn.execute(f"UPDATE {_CLAIMS} SET expires_at = ? WHERE session_identifier = ? "
+                         f"AND token = ?", (_text(expires), self.session_identifier, self.token))
         self.expires_at = expires
         return expires
 
@@ -134,8 +153,7 @@ class ClaimedSession(Session):
         if coerce(RecordStatus, status, "record_status") is RecordStatus.TO_BE_BUILT:
             raise ValueError("TO_BE_BUILT is not an outcome; use release() to give the "
                              "session back")
-        if not self.update_session_status(status):
-            raise self._lost(f"record {status}")
+        self._set_status(status)
 
     def update_session_status(self, status: Union[RecordStatus, str]) -> bool:
         """Set the status of the session's logs if this builder still holds the claim.
@@ -143,29 +161,31 @@ class ClaimedSession(Session):
         Any status but TO_BE_BUILT ends the claim. Returns False (with a
         warning) and writes nothing when the claim was lost.
         """
-        value = coerce(RecordStatus, status, "record_status").value
-        with transaction(self.database, begin="IMMEDIATE") as conn:
-            changed = conn.execute(
-                f"UPDATE {SESSION_LOG.name} SET record_status = ? WHERE session_identifier = ? "
-                f"AND EXISTS (SELECT 1 FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?)",
-                (value, self.session_identifier, self.session_identifier, self.token)).rowcount
-            if changed and value != _TBB:
-                self._end(conn)
-        if not changed:
-            logger.warning("%s; status %s not set", self._lost(f"record {value}"), value)
+        try:
+            self._set_status(status)
+        except ClaimLostError as lost:
+            logger.warning("%s; status %s not set", lost, status)
             return False
-        self.finished = value != _TBB
         return True
+
+    def _set_status(self, status: Union[RecordStatus, str]) -> None:
+        value = coerce(RecordStatus, status, "record_status").value
+        with transaction(self.database, begin="WRITE") as conn:
+            if value == _TBB:  # not an outcome: the claim stays
+                self._check_write(conn, f"record {value}")
+            elif not conn.execute(  # ends the claim, if it is still this builder's
+                    f"DELETE FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?",
+                    (self.session_identifier, self.token)).rowcount:
+                raise self._lost(f"record {value}")
+            set_status(conn, value, session_identifier=self.session_identifier, claims_ended=True)
+        self.finished = value != _TBB
 
     def release(self) -> None:
         """Give the session back unbuilt (its claim ends; any builder may claim it)."""
-        with transaction(self.database, begin="IMMEDIATE") as conn:
-            self._end(conn)
+        with transaction(self.database, begin="WRITE") as conn:
+            conn.execute(f"DELETE FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?",
+                         (self.session_identifier, self.token))
         self.finished = True
-
-    def _end(self, conn: Connection) -> None:
-        conn.execute(f"DELETE FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?",
-                     (self.session_identifier, self.token))
 
     def _lost(self, action: str) -> ClaimLostError:
         return ClaimLostError(
@@ -223,56 +243,61 @@ def claim_sessions(
     if lease <= timedelta(0):
         raise ValueError(f"lease must be positive, not {lease}")
     worker = worker or default_worker()
-    now = _now()
     claimed: list[ClaimedSession] = []
     with transaction(database, begin="IMMEDIATE") as conn:
         _require_claims(conn)
         if limit == 0:
             return []
+        now = _now()  # once the writers' lock is ours: the lease starts now
         pairing = Pairing(conn, read_instruments(conn), now)
-        offset, batch = 0, (limit or 0) + 8
+        after, batch = 0, (limit or 0) + 8
         while limit is None or len(claimed) < limit:
             if limit is None:
-                rows = conn.fetchall(_CANDIDATES, (_text(now),))
+                rows = conn.fetchall(_CANDIDATES, (_text(now), 0))
             else:  # more when some candidates are inconsistent
-                rows = conn.fetchall(f"{_CANDIDATES} LIMIT ? OFFSET ?", (_text(now), batch, offset))
-                offset, batch = offset + batch, batch * 2
+                rows = conn.fetchall(f"{_CANDIDATES} LIMIT ?", (_text(now), after, batch))
+                batch *= 2
             if not rows:
                 break
+            after = rows[-1][0]
             for candidate in _consistent(conn, pairing, rows):
                 if limit is not None and len(claimed) >= limit:
                     break
-                token = uuid.uuid4().hex
-                conn.execute(
-                    f"INSERT INTO {_CLAIMS} (session_identifier, worker, token, claimed_at, "
-                    f"expires_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_identifier) DO "
-                    f"UPDATE SET worker = excluded.worker, token = excluded.token, "
-                    f"claimed_at = excluded.claimed_at, expires_at = excluded.expires_at",
-                    (candidate.session_identifier, worker, token, _text(now), _text(now + lease)))
                 claimed.append(ClaimedSession(
                     candidate.session_identifier, candidate.instrument, candidate.dt_range,
-                    candidate.user, worker=worker, token=token, expires_at=now + lease,
-                    database=conn.location))
+                    candidate.user, worker=worker, token=uuid.uuid4().hex,
+                    expires_at=now + lease, database=conn.location))
             if limit is None:
                 break
+        conn.executemany(
+            f"INSERT INTO {_CLAIMS} (session_identifier, worker, token, claimed_at, expires_at) "
+            f"VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_identifier) DO UPDATE SET "
+            f"worker = excluded.worker, token = excluded.token, claimed_at = excluded.claimed_at, "
+            f"expires_at = excluded.expires_at",
+            [(session.session_identifier, worker, session.token, _text(now), _text(now + lease))
+             for session in claimed])
     logger.info("Worker %s claimed %d session(s)", worker, len(claimed))
     return claimed
 
 
 def _consistent(conn: Connection, pairing: Pairing, rows: list[tuple[Any, ...]]) -> list[Session]:
-    """Return the sessions of candidate rows whose TO_BE_BUILT logs pair cleanly."""
-    identifiers = list(dict.fromkeys(row[1] for row in rows))
+    """Return the sessions of candidate STARTs whose TO_BE_BUILT logs pair cleanly, in order."""
+    identifiers = list(dict.fromkeys(identifier for _, identifier in rows))
     marks = ", ".join("?" * len(identifiers))
-    counts = {(identifier, event): count for identifier, event, count in conn.fetchall(
-        f"SELECT session_identifier, event_type, count(*) FROM {SESSION_LOG.name} "
-        f"WHERE record_status = '{_TBB}' AND event_type IN ('{_START}', '{_END}') "
-        f"AND session_identifier IN ({marks}) GROUP BY session_identifier, event_type",
-        identifiers)}
+    logs: dict[str, list[StoredLog]] = {}
+    for row in conn.fetchall(select_logs(
+            f"record_status = '{_TBB}' AND event_type IN ('{_START}', '{_END}') "
+            f"AND session_identifier IN ({marks})"), identifiers):
+        log = StoredLog(*row)
+        logs.setdefault(log.session_identifier, []).append(log)
     pairing.sessions.clear()
-    for row in rows:
-        identifier = row[1]
-        if counts.get((identifier, _START)) == counts.get((identifier, _END)) == 1:
-            pairing.pair(*row)
+    for identifier in identifiers:
+        pair = sorted(logs.get(identifier, []), key=lambda log: log.event_type != _START)
+        if [log.event_type for log in pair] == [_START, _END] \
+                and pair[0].instrument == pair[1].instrument:
+            start, end = pair
+            pairing.pair(start.id_session_log, identifier, start.instrument, start.timestamp,
+                         start.user, end.timestamp)
     return [session for _, session in pairing.sessions]
 
 
@@ -301,7 +326,7 @@ class Claim:
 def list_claims(database: Optional[DatabaseRef] = None) -> list[Claim]:
     """Return every claim, live or expired, oldest first (none before schema version 3)."""
     with transaction(database) as conn:
-        if _CLAIMS not in conn.backend.table_names(conn):
+        if not has_table(conn, _CLAIMS):
             return []
         return [Claim(identifier, worker, datetime.fromisoformat(claimed),
                       datetime.fromisoformat(expires))

@@ -49,6 +49,10 @@ _tracers_lock = threading.Lock()
 def tracing(tracer: Tracer) -> Iterator[Tracer]:
     """Show every connection opened and statement run, in this block, to ``tracer``.
 
+    Transactions show as SQLite begins them: ``BEGIN IMMEDIATE`` holds the
+    writers' lock (on PostgreSQL, an advisory lock), ``BEGIN``/``BEGIN
+    DEFERRED`` does not.
+
     Yields
     ------
     Tracer
@@ -144,10 +148,11 @@ class Connection:
             raise better from exc
 
     def begin(self, mode: str = "DEFERRED") -> None:
-        """Start a transaction: ``"DEFERRED"``, or ``"IMMEDIATE"`` to take the writers' lock."""
-        self._trace("execute", f"BEGIN {mode}")
+        """Start a transaction: ``"DEFERRED"``, ``"WRITE"`` or ``"IMMEDIATE"`` (see ``Begin``)."""
+        if mode not in ("DEFERRED", "WRITE", "IMMEDIATE"):
+            raise ValueError(f"Unknown transaction mode {mode!r}")
         try:
-            self.backend.begin(self, mode, self._timeout)
+            self._trace("execute", self.backend.begin(self, mode, self._timeout))
         except self.backend.driver_errors as exc:
             better = self._explained(exc)
             if better is exc:
@@ -187,10 +192,12 @@ def connect(
         default from the environment (see
         :func:`~nexusLIMS.db.config.locate_database`).
     begin
-        ``"DEFERRED"`` (reads, or one-statement writes), ``"IMMEDIATE"``
-        (takes the writers' lock at once: use it for any read-then-write) or
-        ``None`` for autocommit, where each statement is its own transaction
-        (what :func:`~nexusLIMS.db.make_db_query` needs to run any statement).
+        ``"DEFERRED"`` (reads), ``"WRITE"`` (writes that check what they need
+        in the statements that write), ``"IMMEDIATE"`` (takes the writers'
+        lock at once: a read-then-write no other writer may interleave with)
+        or ``None`` for autocommit, where each statement is its own
+        transaction (what :func:`~nexusLIMS.db.make_db_query` needs to run any
+        statement).
     create
         Allow creating the database file (only ``init_db`` does).
     foreign_keys

@@ -29,9 +29,15 @@ from typing import NamedTuple, Optional, Union
 
 from nexusLIMS.db.config import DatabaseRef
 from nexusLIMS.db.connection import Connection
-from nexusLIMS.db.enums import FINAL_STATUSES, WAITING_STATUSES, EventType, RecordStatus, coerce
+from nexusLIMS.db.enums import WAITING_STATUSES, EventType, RecordStatus, coerce
 from nexusLIMS.db.instruments import Instrument, check_text, read_instruments
-from nexusLIMS.db.schema import SESSION_CLAIMS, SESSION_LOG, SESSION_REVISIONS, transaction
+from nexusLIMS.db.schema import (
+    SESSION_CLAIMS,
+    SESSION_LOG,
+    SESSION_REVISIONS,
+    has_table,
+    transaction,
+)
 from nexusLIMS.db.timestamps import (
     canonical_timestamp,
     now_local_iso,
@@ -45,6 +51,7 @@ __all__ = [
     "SessionLog",
     "StoredLog",
     "WriteResult",
+    "end_claims",
     "insert_logs",
     "log_end",
     "log_start",
@@ -61,6 +68,7 @@ logger = logging.getLogger("nexusLIMS.db.session_handler")
 LOG_COLUMNS = SESSION_LOG.column_names
 _CHUNK = 500  # identifiers per look-up, below the oldest SQLite limit of 999 parameters
 _START, _END = EventType.START.value, EventType.END.value
+_TBB = RecordStatus.TO_BE_BUILT.value
 
 
 class StoredLog(NamedTuple):
@@ -302,7 +310,7 @@ def _keep_late_revisions(conn: Connection, late: list[tuple[StoredLog, StoredLog
     """Warn about revisions of built sessions and keep them for ``check``; return how many."""
     if not late:
         return 0
-    keep = SESSION_REVISIONS.name in conn.backend.table_names(conn)
+    keep = has_table(conn, SESSION_REVISIONS.name)
     received = datetime.now(timezone.utc).isoformat()
     for old, new in late:
         logger.warning(
@@ -357,22 +365,32 @@ def set_status(
     *,
     session_identifier: Optional[str] = None,
     ids: Iterable[int] = (),
+    claims_ended: bool = False,
 ) -> int:
-    """Set ``record_status`` of a session's logs, or of the logs ``ids``; return rows changed."""
+    """Set ``record_status`` of a session's logs, or of the logs ``ids``; return rows changed.
+
+    An outcome (any status but TO_BE_BUILT) of a session ends the claims on
+    it, unless the caller did (``claims_ended``).
+    """
     value = coerce(RecordStatus, status, "record_status").value
     if session_identifier is not None:
         changed = int(conn.execute(
             f"UPDATE {SESSION_LOG.name} SET record_status = ? WHERE session_identifier = ?",
             (value, session_identifier)).rowcount)
-        # An outcome ends any builder's claim on the session.
-        if value in FINAL_STATUSES and SESSION_CLAIMS.name in conn.backend.table_names(conn):
-            conn.execute(f"DELETE FROM {SESSION_CLAIMS.name} WHERE session_identifier = ?",
-                         (session_identifier,))
+        if value != _TBB and not claims_ended:
+            end_claims(conn, [session_identifier])
         return changed
     rows = [(value, log_id) for log_id in sorted(set(ids))]
     conn.executemany(
         f"UPDATE {SESSION_LOG.name} SET record_status = ? WHERE id_session_log = ?", rows)
     return len(rows)
+
+
+def end_claims(conn: Connection, session_identifiers: Iterable[str]) -> None:
+    """End every claim on these sessions (nothing before schema version 3)."""
+    rows = [(identifier,) for identifier in session_identifiers]
+    if rows and has_table(conn, SESSION_CLAIMS.name):
+        conn.executemany(f"DELETE FROM {SESSION_CLAIMS.name} WHERE session_identifier = ?", rows)
 
 
 def _event_log(

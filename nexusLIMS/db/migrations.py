@@ -28,8 +28,10 @@ from nexusLIMS.db.schema import (
     SCHEMA_VERSION,
     SESSION_LOG,
     TABLES,
+    forget,
     index_statement,
     inspect,
+    keep_logs_trigger,
     table_statement,
 )
 
@@ -113,6 +115,8 @@ def _rebuild_sqlite(conn: Connection) -> None:
 def _restrict_deletes(conn: Connection) -> None:
     if conn.backend.on_delete_action(conn, SESSION_LOG.name, "instrument") != "RESTRICT":
         _rebuild_session_log(conn)
+    if conn.dialect == "sqlite":
+        conn.execute(keep_logs_trigger())
 
 
 def _add_tables(version: int) -> Callable[[Connection], None]:
@@ -329,6 +333,7 @@ def migrate_db(
             conn.backend.set_schema_version(conn, SCHEMA_VERSION)
             if int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}")) != rows:
                 raise MigrationError("session_log lost rows while migrating")
+        forget(location)
     except Exception as exc:
         if target is not None and copy is None:  # the backup itself failed: leave no part of it
             for leftover in target.parent.glob(f"{target.name}.partial*"):

@@ -35,9 +35,12 @@ __all__ = [
     "Index",
     "Table",
     "create_statements",
+    "forget",
+    "has_table",
     "index_statement",
     "init_db",
     "inspect",
+    "keep_logs_trigger",
     "render",
     "table_statement",
     "transaction",
@@ -268,10 +271,12 @@ def index_statement(index: Index) -> str:
 
 
 def create_statements(dialect: str, *, version: int = SCHEMA_VERSION) -> list[str]:
-    """Return the statements creating every table and index up to schema ``version``."""
-    return [table_statement(table, dialect) for table in TABLES if table.since <= version] + [
-        index_statement(index) for index in INDEXES if index.since <= version
-    ]
+    """Return the statements creating every table, index and trigger up to schema ``version``."""
+    statements = [table_statement(table, dialect) for table in TABLES if table.since <= version]
+    statements += [index_statement(index) for index in INDEXES if index.since <= version]
+    if dialect == "sqlite" and version >= KEEPS_LOGS_SINCE:
+        statements.append(keep_logs_trigger())
+    return statements
 
 
 def render(dialect: str = "sqlite") -> str:
@@ -350,19 +355,45 @@ def inspect(conn: Connection) -> DatabaseInfo:
     return DatabaseInfo(conn.location, tables, conn.backend.schema_version(conn), revision)
 
 
-# Keeps 1.4's CASCADE (and REPLACE) from deleting history: a delete of an
-# instrument that has logs is refused, whatever the file's foreign key says.
-_SQLITE_GUARD = (
-    "CREATE TEMP TRIGGER IF NOT EXISTS nexuslims_keep_logs "
-    "BEFORE DELETE ON main.instruments "
-    "WHEN EXISTS (SELECT 1 FROM main.session_log WHERE instrument = OLD.instrument_pid) "
-    "BEGIN SELECT RAISE(ABORT, 'cannot delete or replace an instrument that has session_log "
-    "rows: its history would be lost (to rename it, UPDATE instruments SET instrument_pid; "
-    "to remove it, first delete its session_log rows)'); END"
-)
+def keep_logs_trigger(*, temporary: bool = False) -> str:
+    """Return SQLite's trigger refusing to delete (or REPLACE) an instrument that has logs.
+
+    The foreign key says ``ON DELETE RESTRICT`` since schema version 2; this
+    trigger (part of the schema since then) says why, in words. A file of an
+    older schema, whose foreign key still cascades, gets it as a TEMP trigger
+    on every connection the package opens.
+    """
+    name, main = ("TEMP TRIGGER IF NOT EXISTS nexuslims_keep_logs", "main.") if temporary \
+        else ("TRIGGER IF NOT EXISTS instruments_keep_logs", "")
+    return (
+        f"CREATE {name} BEFORE DELETE ON {main}{INSTRUMENTS.name} "
+        f"WHEN EXISTS (SELECT 1 FROM {main}{SESSION_LOG.name} "
+        f"WHERE instrument = OLD.instrument_pid) "
+        f"BEGIN SELECT RAISE(ABORT, 'cannot delete or replace an instrument that has "
+        f"session_log rows: its history would be lost (to rename it, UPDATE instruments SET "
+        f"instrument_pid; to remove it, first delete its session_log rows)'); END"
+    )
 
 
-_verified_servers: set[DatabaseLocation] = set()
+#: The schema version whose foreign key (and trigger) keeps an instrument's logs.
+KEEPS_LOGS_SINCE = 2
+
+
+# What a server database holds, once checked: it does not turn into another
+# application's database, and only init_db, migrate_db and copy_database (which
+# call forget()) change its tables. A file is looked at every time.
+_servers: dict[DatabaseLocation, DatabaseInfo] = {}
+
+
+def has_table(conn: Connection, name: str) -> bool:
+    """Whether the open database has the table ``name`` (schema versions differ)."""
+    info = _servers.get(conn.location)
+    return name in (info.tables if info is not None else conn.backend.table_names(conn))
+
+
+def forget(location: DatabaseLocation) -> None:
+    """Forget what was learnt of a server database's tables (they were just changed)."""
+    _servers.pop(location, None)
 
 
 @contextmanager
@@ -387,13 +418,13 @@ def transaction(
     with connect(database, begin=None) as conn:
         # A server database does not turn into another application's: check it
         # once per process (a file is checked every time; it may be replaced).
-        if conn.location not in _verified_servers:
+        if conn.location not in _servers:
             info = inspect(conn)
             info.check_usable(require_tables=require_tables)
-            if conn.dialect == "sqlite" and info.is_nexuslims:
-                conn.execute(_SQLITE_GUARD)
-            elif info.is_nexuslims:
-                _verified_servers.add(conn.location)
+            if conn.dialect == "sqlite" and info.is_nexuslims and info.version < KEEPS_LOGS_SINCE:
+                conn.execute(keep_logs_trigger(temporary=True))
+            elif conn.dialect != "sqlite" and info.is_nexuslims:
+                _servers[conn.location] = info
         if begin is not None:
             conn.begin(begin)
         yield conn
@@ -445,6 +476,7 @@ def init_db(database: Optional[DatabaseRef] = None, *, force: bool = False) -> D
                 conn.execute(statement)
             if fresh:
                 conn.backend.set_schema_version(conn, SCHEMA_VERSION)
+        forget(location)
     except BaseException:
         if new_file:
             journal = location.path.with_name(location.path.name + "-journal")

@@ -20,12 +20,20 @@ from nexusLIMS.db.config import DatabaseRef, mark_after, record_user
 from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.enums import EventType, ProblemKind, RecordStatus, coerce
 from nexusLIMS.db.instruments import Instrument, read_instruments
-from nexusLIMS.db.logs import SessionLog, StoredLog, require_instrument, select_logs, set_status
+from nexusLIMS.db.logs import (
+    SessionLog,
+    StoredLog,
+    end_claims,
+    require_instrument,
+    select_logs,
+    set_status,
+)
 from nexusLIMS.db.schema import (
     PAIRING_INDEX,
     SESSION_CLAIMS,
     SESSION_LOG,
     SESSION_REVISIONS,
+    has_table,
     transaction,
 )
 from nexusLIMS.db.timestamps import now_local_iso, parse_timestamp, span
@@ -119,6 +127,16 @@ class Session:
             f"on {self.instrument.name}"
         )
 
+    #: Whether the session's logs are known to be in the database (claimed ones are).
+    _has_logs = False
+
+    def _database(self) -> Optional[DatabaseRef]:
+        """Return the database this session's writes go to (None: the configured one)."""
+        return None
+
+    def _check_write(self, conn: Connection, action: str) -> None:
+        """Refuse a write to the session in the open transaction (a claimed session's hook)."""
+
     @property
     def duration(self) -> Optional[timedelta]:
         """How long the session lasted; None if its start and end cannot be compared.
@@ -194,8 +212,9 @@ class Session:
         if not isinstance(self.session_identifier, str) or not self.session_identifier.strip():
             raise ValueError(f"Cannot log RECORD_GENERATION for {self!r}: the session has no "
                              f"identifier ({self.session_identifier!r})")
-        with transaction(begin="IMMEDIATE") as conn:
-            if not conn.fetchone(
+        with transaction(self._database(), begin="WRITE") as conn:
+            self._check_write(conn, "log RECORD_GENERATION")
+            if not self._has_logs and not conn.fetchone(
                 f"SELECT 1 FROM {SESSION_LOG.name} WHERE session_identifier = ?",
                 (self.session_identifier,),
             ):
@@ -205,17 +224,23 @@ class Session:
                         f"{self.session_identifier!r}: it has no log in the database")
                 logger.warning("Session %r has no log in the database; logging its "
                                "RECORD_GENERATION anyway", self.session_identifier)
-            require_instrument(pid, read_instruments(conn), self)
-            log_id = conn.insert(
-                f'INSERT INTO {SESSION_LOG.name} (instrument, event_type, session_identifier, '
-                f'"user", timestamp) VALUES (?, ?, ?, ?, ?)',
-                (pid, EventType.RECORD_GENERATION.value, self.session_identifier,
-                 record_user(), now_local_iso()),
-                key="id_session_log",
-            )
-            row = StoredLog(*conn.fetchone(select_logs("id_session_log = ?"), (log_id,)) or ())
-        return {name: getattr(row, name)
-                for name in ("id_session_log", "event_type", "session_identifier", "timestamp")}
+            values = {"instrument": pid, "event_type": EventType.RECORD_GENERATION.value,
+                      "session_identifier": self.session_identifier, "user": record_user(),
+                      "timestamp": now_local_iso()}
+            try:
+                log_id = conn.insert(
+                    f"INSERT INTO {SESSION_LOG.name} (instrument, event_type, session_identifier, "
+                    f'"user", timestamp) VALUES (?, ?, ?, ?, ?)', tuple(values.values()),
+                    key="id_session_log")
+            except conn.backend.integrity_errors as exc:
+                if "foreign key" not in str(exc).lower():
+                    raise
+                conn.rollback()  # (PostgreSQL's transaction is void after an error)
+                require_instrument(pid, read_instruments(conn), self)  # names the known ones
+                raise
+        # The row as stored: the values written (a text column keeps them as they are).
+        return {"id_session_log": log_id, **{name: values[name] for name in (
+            "event_type", "session_identifier", "timestamp")}}
 
 
 def set_session_status(
@@ -244,7 +269,7 @@ def set_session_status(
         message says to migrate it.
     """
     value = coerce(RecordStatus, status, "record_status").value
-    with transaction(database, begin="IMMEDIATE") as conn:
+    with transaction(database, begin="WRITE") as conn:
         try:
             return set_status(conn, value, session_identifier=session_identifier)
         except conn.backend.integrity_errors as exc:
@@ -547,7 +572,7 @@ def pair_sessions(
 
 def live_claims(conn: Connection) -> set[str]:
     """Return the identifiers of the sessions a live claim holds (none before schema 3)."""
-    if SESSION_CLAIMS.name not in conn.backend.table_names(conn):
+    if not has_table(conn, SESSION_CLAIMS.name):
         return set()
     now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     return {identifier for (identifier,) in conn.fetchall(
@@ -556,7 +581,7 @@ def live_claims(conn: Connection) -> set[str]:
 
 def late_revisions(conn: Connection) -> list[SessionProblem]:
     """Revisions that arrived after a session's record was built (schema version 4+)."""
-    if SESSION_REVISIONS.name not in conn.backend.table_names(conn):
+    if not has_table(conn, SESSION_REVISIONS.name):
         return []
     rows = conn.fetchall(
         f"SELECT r.session_identifier, r.event_type, r.stored_timestamp, r.revised_timestamp, "
@@ -662,6 +687,7 @@ def get_sessions_to_build(
             marked = {p.session_identifier for p in problems if p.markable}
             set_status(conn, RecordStatus.ERROR, ids=[
                 log_id for p in problems if p.session_identifier in marked for log_id in p.log_ids])
+            end_claims(conn, marked)
     by_session: dict[str, list[str]] = {}
     for problem in problems:
         by_session.setdefault(problem.session_identifier, []).append(

@@ -26,6 +26,7 @@ from nexusLIMS.db.schema import (
     TABLES,
     Table,
     create_statements,
+    forget,
     inspect,
 )
 
@@ -161,6 +162,7 @@ def copy_database(
                               or 0))
             dst.backend.set_id_counter(dst, SESSION_LOG.name, "id_session_log", counter)
             dst.backend.set_schema_version(dst, SCHEMA_VERSION)
+        forget(destination)
     except BaseException:
         if new_file:
             journal = destination.path.with_name(destination.path.name + "-journal")

@@ -19,8 +19,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Backend", "Begin", "backend_for"]
 
-#: ``"DEFERRED"``: a read (or a single write); ``"IMMEDIATE"``: takes the
-#: writers' lock at once, for any read-then-write; ``None``: autocommit.
+#: ``"DEFERRED"``: a read; ``"WRITE"``: writes that need no other writer kept
+#: out (each checks what it needs in the statement that writes); ``"IMMEDIATE"``:
+#: takes the writers' lock at once, for a read-then-write that no other writer
+#: may interleave with; ``None``: autocommit. (SQLite has one writer at a time
+#: anyway: WRITE and IMMEDIATE are both its BEGIN IMMEDIATE.)
 Begin = Optional[str]
 
 
@@ -30,6 +33,9 @@ class Backend(Protocol):
     name: BackendName
     #: Exception classes meaning "a constraint was violated".
     integrity_errors: tuple[type[BaseException], ...]
+    #: Appended to a SELECT in a write transaction, keeps the rows it read
+    #: from other writers until the transaction ends.
+    lock_rows: str
     #: Exception classes of the driver (what a failed statement raises).
     driver_errors: tuple[type[BaseException], ...]
 
@@ -45,8 +51,12 @@ class Backend(Protocol):
     def data_version(self, raw: Any) -> Optional[int]:
         """Return a number that changes when another connection commits (None: unknown)."""
 
-    def begin(self, conn: Connection, mode: str, timeout: float) -> None:
-        """Start a transaction of ``mode``, waiting at most ``timeout`` s for locks."""
+    def begin(self, conn: Connection, mode: str, timeout: float) -> str:
+        """Start a transaction of ``mode``, waiting at most ``timeout`` s for locks.
+
+        Returns the statement to trace, in SQLite's words (``BEGIN IMMEDIATE``
+        for a transaction that holds the writers' lock).
+        """
 
     def execute(self, conn: Connection, sql: str, params: Any, timeout: float) -> Any:
         """Run one statement (already traced) and return the driver cursor."""

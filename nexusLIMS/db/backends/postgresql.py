@@ -2,9 +2,10 @@
 
 Connections are kept in a small pool per database URL, since opening one
 costs several round trips to the server. A writers' transaction
-(``BEGIN IMMEDIATE`` in SQLite) takes a transaction-level advisory lock, so
-that writers are serialized exactly as SQLite serializes them; lock waits are
-bounded by ``SET LOCAL lock_timeout``. The package's ``?`` placeholders become
+that reads then writes (``BEGIN IMMEDIATE`` in SQLite) takes a
+transaction-level advisory lock, so that such writers are serialized as
+SQLite serializes them; other writes rely on PostgreSQL's row locks. Lock
+waits are bounded by ``SET LOCAL lock_timeout``. The package's ``?`` placeholders become
 psycopg's ``%s`` through sqlglot's tokenizer, which knows SQL's quoting.
 """
 
@@ -172,6 +173,9 @@ class _PostgreSQL:
 
     name: BackendName = "postgresql"
     integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
+    #: What locks the rows a SELECT reads until the transaction ends (SQLite: its
+    #: write transaction already keeps every other writer out).
+    lock_rows = " FOR UPDATE"
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
 
     def open(self, location: DatabaseLocation, *, create: bool, foreign_keys: bool) -> Any:
@@ -212,11 +216,13 @@ class _PostgreSQL:
         """Return a connection to the pool (or close it, if it is in a bad state)."""
         _pools.give(location.target, raw)
 
-    def begin(self, conn: Connection, mode: str, timeout: float) -> None:
+    def begin(self, conn: Connection, mode: str, timeout: float) -> str:
         lock = f"; SELECT pg_advisory_xact_lock({WRITERS_LOCK})" if mode == "IMMEDIATE" else ""
         # 0 means "no limit" to PostgreSQL: wait at least 1 ms.
         milliseconds = min(max(int(timeout * 1000), 1), _MAX_MS)
         conn.raw.execute(f"BEGIN; SET LOCAL lock_timeout = '{milliseconds}ms'{lock}")
+        # Traced in SQLite's words: IMMEDIATE is a transaction holding the writers' lock.
+        return {"IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN DEFERRED"}.get(mode, "BEGIN")
 
     def execute(self, conn: Connection, sql: str, params: Any, timeout: float) -> Any:
         # Always with a params object (maybe empty), so that psycopg turns %% back into %.

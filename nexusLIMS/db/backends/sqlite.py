@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sqlite3
 import time
 from pathlib import Path, PurePath
@@ -26,8 +27,10 @@ __all__ = ["SQLITE", "backup_file", "sqlite_uri"]
 
 logger = logging.getLogger(__name__)
 
-#: How long SQLite's busy handler may sleep in C before Python looks again.
-BUSY_SLICE = 0.1
+#: How long SQLite's own busy handler may wait: not at all, until a transaction
+#: holds the writers' lock (see _retry_busy); then only readers are waited for.
+BUSY_SLICE = 0.0
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.0005, 0.01
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 _MAX_MS = 2**31 - 1  # the largest wait SQLite takes, in milliseconds
 T = TypeVar("T")
@@ -55,15 +58,23 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 
 def _retry_busy(run: Callable[[], T], timeout: float) -> T:
-    """Call ``run`` until it is not refused for a lock, for at most ``timeout`` s."""
+    """Call ``run`` until it is not refused for a lock, for at most ``timeout`` s.
+
+    The waits are short and grow (0.5 ms to 10 ms, jittered): writers hold
+    the lock for about a millisecond, and SQLite's own busy handler would
+    sleep up to 100 ms at a time. The sleeps are in Python, where a Ctrl-C
+    is raised at once.
+    """
     deadline = time.monotonic() + timeout
+    pause = _FIRST_PAUSE
     while True:
         try:
             return run()
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc) or time.monotonic() >= deadline:
                 raise
-        time.sleep(0.002)  # back in Python: a pending Ctrl-C is raised here
+        time.sleep(pause * random.uniform(0.5, 1.5))
+        pause = min(pause * 2, _LONGEST_PAUSE)
 
 
 def _open(path: Path, *, create: bool) -> sqlite3.Connection:
@@ -78,6 +89,9 @@ class _SQLite:
 
     name: BackendName = "sqlite"
     integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+    #: What locks the rows a SELECT reads until the transaction ends (SQLite: its
+    #: write transaction already keeps every other writer out).
+    lock_rows = ""
     driver_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
     def open(self, location: DatabaseLocation, *, create: bool, foreign_keys: bool) -> Any:
@@ -108,14 +122,18 @@ class _SQLite:
         return int(_retry_busy(lambda: raw.execute("PRAGMA data_version").fetchone()[0],
                                lock_timeout()))
 
-    def begin(self, conn: Connection, mode: str, timeout: float) -> None:
+    def begin(self, conn: Connection, mode: str, timeout: float) -> str:
         raw: sqlite3.Connection = conn.raw
+        # A write must hold the write lock from the start: a reader that later
+        # wants to write can deadlock against another writer.
+        statement = "BEGIN DEFERRED" if mode == "DEFERRED" else "BEGIN IMMEDIATE"
         started = time.monotonic()
-        _retry_busy(lambda: raw.execute(f"BEGIN {mode}"), timeout)
+        _retry_busy(lambda: raw.execute(statement), timeout)
         # The writers' lock is held (or not needed): from now on only readers
         # can make a statement wait, briefly, so SQLite may wait in C.
-        remaining = max(timeout - (time.monotonic() - started), BUSY_SLICE)
+        remaining = max(timeout - (time.monotonic() - started), 0.1)
         raw.execute(f"PRAGMA busy_timeout = {min(int(remaining * 1000), _MAX_MS)}")
+        return statement
 
     def execute(self, conn: Connection, sql: str, params: Any, timeout: float) -> Any:
         raw: sqlite3.Connection = conn.raw
