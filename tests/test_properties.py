@@ -45,6 +45,7 @@ from helpers import (
 )
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from legacy_schema import make_legacy_db
 
 from nexusLIMS.db.config import DatabaseLocation
 from nexusLIMS.db.enums import ProblemKind
@@ -194,7 +195,8 @@ def databases(draw: st.DrawFn, max_rows: int = 6, max_pairs: int = 5) -> list[Ro
 
     Most pairs are on one instrument, with both times on one day; in any
     order, so pairs can end before they start, mix naive and aware times,
-    straddle a daylight-saving change or have unparseable times.
+    straddle a daylight-saving change or have unparseable times. Some have a
+    second START or END.
     """
     rows: list[Row] = draw(st.lists(_row, max_size=max_rows))
     for identifier in draw(st.lists(st.sampled_from(IDENTIFIERS), max_size=max_pairs,
@@ -207,6 +209,11 @@ def databases(draw: st.DrawFn, max_rows: int = 6, max_pairs: int = 5) -> list[Ro
         user = draw(st.sampled_from(USERS))
         rows += [(identifier, instrument, start, "START", "TO_BE_BUILT", user),
                  (identifier, end_instrument, end, "END", "TO_BE_BUILT", user)]
+        # Now and then a second START or END of the pair: a valid pair plus one.
+        again = draw(st.sampled_from([None] * 6 + ["START", "END"]))
+        if again is not None:
+            rows.append((identifier, draw(st.sampled_from([instrument, instrument, *ZONES])),
+                         draw(st.sampled_from(day)), again, "TO_BE_BUILT", user))
     return list(draw(st.permutations(rows)))
 
 
@@ -240,6 +247,14 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> Templates:
     template = init_db(tmp_path_factory.mktemp("template") / "template.sqlite").path
     add_sample_instruments(template)
     return Templates(template, tmp_path_factory.mktemp("examples"))
+
+
+@pytest.fixture(scope="module")
+def legacy_templates(tmp_path_factory: pytest.TempPathFactory) -> Templates:
+    """An untouched NexusLIMS 1.4 file: no partial index, so pairing groups one scan."""
+    template = make_legacy_db(tmp_path_factory.mktemp("legacy") / "template.sqlite")
+    add_sample_instruments(template)
+    return Templates(template, tmp_path_factory.mktemp("legacy_examples"))
 
 
 class _Warnings(logging.Handler):
@@ -336,6 +351,15 @@ def check_against_model(rows: list[Row], database: Optional[DatabaseLocation] = 
 @given(rows=databases())
 def test_pairing_agrees_with_the_model(templates: Templates, rows: list[Row]) -> None:
     with templates.fresh():
+        check_against_model(rows)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow], **EXAMPLE_SETTINGS)
+@given(rows=databases())
+def test_pairing_agrees_with_the_model_on_a_1_4_file(
+    legacy_templates: Templates, rows: list[Row],
+) -> None:
+    with legacy_templates.fresh():
         check_against_model(rows)
 
 

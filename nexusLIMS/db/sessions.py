@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from operator import itemgetter
-from typing import Any, Iterator, Literal, Mapping, Optional, Union
+from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Union
 
 from nexusLIMS.db.config import DatabaseRef, mark_after, record_user
 from nexusLIMS.db.connection import Connection
@@ -72,16 +72,19 @@ _PAIRS = (
     f"WHERE s.record_status = '{_TBB}' AND s.event_type = '{_START}' "
     f"ORDER BY s.session_identifier"
 )
-# TO_BE_BUILT ENDs without a START on their instrument, and whether their
+# TO_BE_BUILT ENDs without a START on their instrument (a merge of the two
+# sorted runs of the partial index, not a look-up per END), and whether their
 # session has a START on another one.
-_ANY_START = (
-    f"SELECT 1 FROM {SESSION_LOG.name} AS s WHERE s.record_status = '{_TBB}' "
-    f"AND s.event_type = '{_START}' AND s.session_identifier = e.session_identifier"
+_ENDS_WITHOUT_STARTS = (
+    f"SELECT session_identifier, instrument FROM {SESSION_LOG.name} "
+    f"WHERE record_status = '{_TBB}' AND event_type = '{_END}' "
+    f"EXCEPT SELECT session_identifier, instrument FROM {SESSION_LOG.name} "
+    f"WHERE record_status = '{_TBB}' AND event_type = '{_START}' ORDER BY 1, 2"
 )
 _LONE_ENDS = (
-    f"SELECT e.session_identifier, EXISTS ({_ANY_START}) FROM {SESSION_LOG.name} AS e "
-    f"WHERE e.record_status = '{_TBB}' AND e.event_type = '{_END}' "
-    f"AND NOT EXISTS ({_ANY_START} AND s.instrument = e.instrument)"
+    f"SELECT e.session_identifier, EXISTS (SELECT 1 FROM {SESSION_LOG.name} AS s "
+    f"WHERE s.record_status = '{_TBB}' AND s.event_type = '{_START}' "
+    f"AND s.session_identifier = e.session_identifier) FROM ({_ENDS_WITHOUT_STARTS}) AS e"
 )
 _COUNT_ENDS = (
     f"SELECT count(*) FROM {SESSION_LOG.name} "
@@ -95,6 +98,7 @@ _TO_BE_BUILT_LOGS = (
     f"AND event_type IN ('{_START}', '{_END}')"
 )
 _CHUNK = 500
+_TAKEN = ("an END already paired",)
 
 
 @dataclass(unsafe_hash=True)
@@ -334,6 +338,7 @@ class Pairing:
         self.sessions: list[tuple[int, Session]] = []  # with the id of the START log
         self.suspects: dict[str, None] = {}  # identifiers to look at log by log
         self.recheck: set[str] = set()  # suspects that may have been paired already
+        self._taken = 0  # ENDs paired by :meth:`from_scan`
 
     def pair(self, start_id: int, identifier: str, pid: str, start: str,
              user: Optional[str], end: str) -> None:
@@ -362,7 +367,7 @@ class Pairing:
             return
         self.sessions.append((start_id, Session(identifier, instrument, (dt_from, dt_to), user)))
 
-    def pair_all(self, pairs: list[tuple[int, str, str, str, Optional[str], str]]) -> None:
+    def pair_all(self, pairs: Iterable[tuple[int, str, str, str, Optional[str], str]]) -> None:
         """Make the sessions of many ``(start id, identifier, pid, start, user, end)``.
 
         :meth:`pair` written out for the usual pair (two ISO texts of the same
@@ -388,43 +393,69 @@ class Pairing:
 
     def from_index(self) -> None:
         """Pair through the partial index: one row per START and its END."""
+        suspects = self.suspects
         previous: Optional[str] = None
-        pairs = []
+        pairs: list[Any] = []
+        unpaired = 0  # first rows with an END, taken back: their identifier repeats
         for row in self.conn.fetchall(_PAIRS):
             identifier = row[1]
-            if row[5] is None or identifier == previous:
-                self.suspects[identifier] = None
-                if identifier == previous:
-                    self.recheck.add(identifier)
+            if identifier == previous:  # several ENDs, or several STARTs
+                suspects[identifier] = None
+                if pairs and pairs[-1][1] == identifier:
+                    pairs.pop()
+                    unpaired += 1
+            elif row[5] is None:
+                suspects[identifier] = None
             else:
                 pairs.append(row)
             previous = identifier
-        self.pair_all(pairs)
-        matched_ends = len(pairs)
-        if self.conn.scalar(_COUNT_ENDS) != matched_ends:
+        # Each identifier whose first row has an END accounts for at least one
+        # END of its own: if they account for all, no END lacks a START.
+        if self.conn.scalar(_COUNT_ENDS) != len(pairs) + unpaired:
             for identifier, has_start in self.conn.fetchall(_LONE_ENDS):
-                self.suspects[identifier] = None
+                suspects[identifier] = None
                 if has_start:  # its START may have paired with another END
                     self.recheck.add(identifier)
+        self.pair_all(pairs)
 
     def from_scan(self) -> None:
-        """Pair without the index (a NexusLIMS 1.4 file, or a server): one read, grouped here."""
-        starts: dict[str, tuple[Any, ...]] = {}
-        ends: dict[str, tuple[Any, ...]] = {}
+        """Pair without the index (a NexusLIMS 1.4 file, or a server): one read, grouped here.
+
+        A first pass files each identifier's END; a second pairs each START
+        with it, leaving its place taken so that a second START is caught.
+        """
+        rows = self.conn.fetchall(_TO_BE_BUILT_LOGS)
         suspects = self.suspects
-        for row in self.conn.fetchall(_TO_BE_BUILT_LOGS):
-            if (starts if row[5] == _START else ends).setdefault(row[1], row) is not row:
-                suspects[row[1]] = None  # two STARTs, or two ENDs
-        pop_end = ends.pop
-        pairs = []
-        for identifier, (log_id, _, pid, start, user, _) in starts.items():
-            end = pop_end(identifier, None)
-            if end is None or end[2] != pid or identifier in suspects:
+        ends: dict[str, Any] = {}
+        for row in rows:
+            if row[5] != _START and ends.setdefault(row[1], row) is not row:
+                suspects[row[1]] = None  # two ENDs
+        self.pair_all(self._scanned_pairs(rows, ends))
+        if len(ends) != self._taken:
+            suspects.update((identifier, None) for identifier, end in ends.items()
+                            if end is not _TAKEN)  # ENDs without a START
+
+    def _scanned_pairs(
+        self, rows: list[tuple[Any, ...]], ends: dict[str, Any]
+    ) -> Iterator[tuple[int, str, str, str, Optional[str], str]]:
+        suspects, get_end = self.suspects, ends.get
+        self._taken = 0
+        for log_id, identifier, pid, start, user, event in rows:
+            if event != _START:
+                continue
+            end = get_end(identifier)
+            if end is None:
                 suspects[identifier] = None
+            elif end is _TAKEN:  # a second START: the first may have been paired
+                suspects[identifier] = None
+                self.recheck.add(identifier)
             else:
-                pairs.append((log_id, identifier, pid, start, user, end[3]))
-        suspects.update(dict.fromkeys(ends))  # ENDs without a START
-        self.pair_all(pairs)
+                ends[identifier] = _TAKEN
+                self._taken += 1
+                if end[2] != pid or identifier in suspects:
+                    suspects[identifier] = None
+                else:
+                    yield log_id, identifier, pid, start, user, end[3]
 
     def diagnose(self) -> list[SessionProblem]:
         """Look at the suspects log by log: their sessions, or their problems."""
@@ -436,13 +467,15 @@ class Pairing:
         groups: dict[str, tuple[list[StoredLog], list[StoredLog]]] = {
             identifier: ([], []) for identifier in self.suspects}
         identifiers = list(self.suspects)
+        # By identifier alone, so that every planner takes its index (a session
+        # has few logs); the statuses are filtered here.
         for first in range(0, len(identifiers), _CHUNK):
             chunk = identifiers[first : first + _CHUNK]
-            where = (f"record_status = '{_TBB}' AND event_type IN ('{_START}', '{_END}') "
-                     f"AND session_identifier IN ({', '.join('?' * len(chunk))})")
+            where = f"session_identifier IN ({', '.join('?' * len(chunk))})"
             for row in self.conn.fetchall(select_logs(where), chunk):
                 log = StoredLog(*row)
-                groups[log.session_identifier][log.event_type == _END].append(log)
+                if log.record_status == _TBB and log.event_type in (_START, _END):
+                    groups[log.session_identifier][log.event_type == _END].append(log)
         problems: list[tuple[int, SessionProblem]] = []
         for identifier, (starts, ends) in groups.items():
             if not starts and not ends:  # built (or changed) since it was suspected
@@ -589,8 +622,11 @@ def _collection_paused() -> Iterator[None]:
     """Pause Python's automatic garbage collection while many objects are made.
 
     Every 700 new objects the collector scans the young ones; pairing makes
-    tens of thousands (sessions, their datetimes), none of them garbage, so
-    those scans cost a third of the run and free nothing. They resume after.
+    tens of thousands (sessions, their rows), none of them garbage, so those
+    scans cost a third of the run and free nothing. They resume after, with
+    what was made handed to the oldest generation unscanned (a freeze and an
+    unfreeze, when nothing else is frozen): the first young scan would
+    otherwise look at every session once more, for nothing.
     """
     paused = gc.isenabled()
     gc.disable()
@@ -598,6 +634,9 @@ def _collection_paused() -> Iterator[None]:
         yield
     finally:
         if paused:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
