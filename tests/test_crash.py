@@ -206,7 +206,8 @@ FAILURES: dict[str, tuple[Callable[[dict[str, Instrument]], object], type[BaseEx
         DatabaseConfigError, ENV_TIMEOUT,
     ),
 }
-NO_CONNECTION = {"unknown status", "bad lock timeout"}  # refused before anything is opened
+# Refused before anything is opened.
+NO_CONNECTION = {"unknown status", "bad lock timeout", "validation error"}
 
 
 def _open_files(path: Path) -> list[str]:

@@ -36,6 +36,7 @@ from helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from legacy_schema import make_legacy_db
+from roundtrips import RoundTripCounter
 
 from nexusLIMS.db import make_db_query
 from nexusLIMS.db.config import DatabaseLocation
@@ -663,7 +664,7 @@ def test_enum_and_datetime_fields_are_stored_as_text(
 # --- transactions -------------------------------------------------------------
 
 
-def test_insert_log_is_one_immediate_transaction_even_for_the_same_event(
+def test_insert_log_of_a_first_event_is_one_statement_in_one_immediate_transaction(
     nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument]
 ) -> None:
     with _traced() as events:
@@ -674,14 +675,34 @@ def test_insert_log_is_one_immediate_transaction_even_for_the_same_event(
     assert ("execute", "BEGIN IMMEDIATE") in events
     assert len(_writes(events)) == 1
     assert len(rows()) == 1
-    # The same event again: one transaction, no write.
+    # The same event again: the one statement writes nothing, so a second
+    # transaction on the same connection looks closer, and writes nothing either.
     entry = log("s1", "START", "2021-05-01T10:00:00", user=None)
     with _traced() as events:
         assert entry.insert_log() is True
     assert [e for e, _ in events].count("open") == 1
-    assert _transactions(events) == ["BEGIN", "COMMIT"]
-    assert _writes(events) == []
+    assert _transactions(events) == ["BEGIN", "COMMIT", "BEGIN", "COMMIT"]
+    assert [text for e, text in events if text.startswith("BEGIN")] == ["BEGIN IMMEDIATE"] * 2
+    assert len(_writes(events)) == 1  # the statement that found the event there
     assert len(rows()) == 1
+
+
+def test_insert_log_is_one_round_trip_to_a_server(
+    nexuslims_postgres_db: DatabaseLocation, nexuslims_instruments: dict[str, Instrument],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with RoundTripCounter(nexuslims_postgres_db.target) as proxy:
+        monkeypatch.setenv("nexusLIMS_db_path", proxy.url)
+        log("warm", "START", "2021-05-01T09:00:00").insert_log()  # connects, checks the schema
+        for number in range(3):
+            proxy.reset()
+            assert log(f"s{number}", "START", "2021-05-01T10:00:00").insert_log() is True
+            assert proxy.round_trips == 1
+        proxy.reset()
+        # An event that is there already needs a closer look: more round trips.
+        assert log("s0", "START", "2021-05-01T10:00:00").insert_log() is True
+        assert proxy.round_trips > 1
+        assert len(rows()) == 4
 
 
 def test_insert_logs_is_one_transaction_and_a_failed_one_rolls_back(

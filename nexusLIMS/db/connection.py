@@ -95,32 +95,30 @@ class Connection:
         for tracer in self._tracers:
             tracer(event, text)
 
-    def _explained(self, exc: BaseException) -> BaseException:
-        return self.backend.explain(exc, self.location) or exc
+    @contextmanager
+    def _explaining(self) -> Iterator[None]:
+        """Re-raise a driver error with a clearer message where the backend has one."""
+        try:
+            yield
+        except self.backend.driver_errors as exc:
+            better = self.backend.explain(exc, self.location)
+            if better is None:
+                raise
+            raise better from exc
 
     def execute(self, sql: str, params: Params = ()) -> Any:
         """Run one statement; return the driver's cursor (``fetchone``, ``rowcount``, ...)."""
         self._trace("execute", sql)
-        try:
+        with self._explaining():
             return self.backend.execute(self, sql, params, self._timeout)
-        except self.backend.driver_errors as exc:
-            better = self._explained(exc)
-            if better is exc:
-                raise
-            raise better from exc
 
     def executemany(self, sql: str, rows: Sequence[Params]) -> None:
         """Run one statement for each row of ``rows``."""
         if not rows:
             return
         self._trace("executemany", sql)
-        try:
+        with self._explaining():
             self.backend.executemany(self, sql, rows)
-        except self.backend.driver_errors as exc:
-            better = self._explained(exc)
-            if better is exc:
-                raise
-            raise better from exc
 
     def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """Run a query and return all its rows as tuples."""
@@ -139,25 +137,29 @@ class Connection:
     def insert(self, sql: str, params: Params = (), *, key: str) -> int:
         """Run an INSERT of one row and return its ``key`` column (its generated id)."""
         self._trace("execute", sql)
-        try:
+        with self._explaining():
             return self.backend.insert_id(self, sql, params, key)
-        except self.backend.driver_errors as exc:
-            better = self._explained(exc)
-            if better is exc:
-                raise
-            raise better from exc
+
+    def write_alone(self, sql: str, params: Params = (), *, mode: str = "IMMEDIATE") -> int:
+        """Run one writing statement as a whole transaction; return the rows it changed.
+
+        Outside any transaction only. On a server, the transaction's
+        statements go in one round trip.
+        """
+        if self.in_transaction:
+            raise RuntimeError("write_alone runs its own transaction; one is open already")
+        _check_mode(mode)
+        with self._explaining():
+            began, count = self.backend.write_alone(self, sql, params, mode, self._timeout)
+        for text in (began, sql, "COMMIT"):
+            self._trace("execute", text)
+        return count
 
     def begin(self, mode: str = "DEFERRED") -> None:
         """Start a transaction: ``"DEFERRED"``, ``"WRITE"`` or ``"IMMEDIATE"`` (see ``Begin``)."""
-        if mode not in ("DEFERRED", "WRITE", "IMMEDIATE"):
-            raise ValueError(f"Unknown transaction mode {mode!r}")
-        try:
+        _check_mode(mode)
+        with self._explaining():
             self._trace("execute", self.backend.begin(self, mode, self._timeout))
-        except self.backend.driver_errors as exc:
-            better = self._explained(exc)
-            if better is exc:
-                raise
-            raise better from exc
 
     @property
     def in_transaction(self) -> bool:
@@ -172,6 +174,11 @@ class Connection:
         """Roll the open transaction back."""
         self._trace("execute", "ROLLBACK")
         self.raw.execute("ROLLBACK")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("DEFERRED", "WRITE", "IMMEDIATE"):
+        raise ValueError(f"Unknown transaction mode {mode!r}")
 
 
 @contextmanager

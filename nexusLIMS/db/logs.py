@@ -32,6 +32,7 @@ from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.enums import WAITING_STATUSES, EventType, RecordStatus, coerce
 from nexusLIMS.db.instruments import Instrument, check_text, read_instruments
 from nexusLIMS.db.schema import (
+    INSTRUMENTS,
     SESSION_CLAIMS,
     SESSION_LOG,
     SESSION_REVISIONS,
@@ -69,6 +70,16 @@ LOG_COLUMNS = SESSION_LOG.column_names
 _CHUNK = 500  # identifiers per look-up, below the oldest SQLite limit of 999 parameters
 _START, _END = EventType.START.value, EventType.END.value
 _TBB = RecordStatus.TO_BE_BUILT.value
+_WRITTEN = ", ".join(f'"{c}"' if c == "user" else c for c in LOG_COLUMNS[1:])  # not the id
+# A log whose session has no log of its event on its instrument yet, and
+# whose instrument is known: inserted as it is, whatever write_logs would check.
+_INSERT_IF_FIRST = (
+    f"INSERT INTO {SESSION_LOG.name} ({_WRITTEN}) "
+    f"SELECT {', '.join('?' * (len(LOG_COLUMNS) - 1))} "
+    f"WHERE EXISTS (SELECT 1 FROM {INSTRUMENTS.name} WHERE instrument_pid = ?) "
+    f"AND NOT EXISTS (SELECT 1 FROM {SESSION_LOG.name} WHERE session_identifier = ? "
+    f"AND instrument = ? AND event_type = ?)"
+)
 
 
 class StoredLog(NamedTuple):
@@ -162,7 +173,13 @@ class SessionLog:
             valid; nothing is written.
         """
         logger.debug("Logging %s for %s", self.event_type, self.session_identifier)
-        with transaction(begin="IMMEDIATE") as conn:
+        row = _checked_row(self)
+        with transaction(begin=None) as conn:
+            # Usually the first log of its event: one statement, one round trip.
+            if conn.write_alone(_INSERT_IF_FIRST, (*row[1:], row.instrument,
+                                                   *row[1:3], row.event_type)):
+                return True
+            conn.begin("IMMEDIATE")
             write_logs(conn, [self])
         return True
 
@@ -197,6 +214,13 @@ def _as_list(logs: object) -> list[SessionLog]:
 
 def _validated_row(log: SessionLog, instruments: dict[str, Instrument]) -> StoredLog:
     """Return the row to write for ``log`` (id 0); raise ValueError naming the log."""
+    row = _checked_row(log)
+    require_instrument(log.instrument, instruments, log)
+    return row
+
+
+def _checked_row(log: SessionLog) -> StoredLog:
+    """:func:`_validated_row` but for the instrument, which the database knows."""
     if not isinstance(log, SessionLog):
         raise TypeError(f"Expected a SessionLog, got {type(log).__name__}: {log!r}")
     try:
@@ -210,7 +234,6 @@ def _validated_row(log: SessionLog, instruments: dict[str, Instrument]) -> Store
         timestamp = canonical_timestamp(log.timestamp)
     except ValueError as exc:
         raise ValueError(f"Cannot write {log!r}: {exc}") from None
-    require_instrument(log.instrument, instruments, log)
     return StoredLog(0, log.session_identifier, log.instrument, timestamp, event_type, status,
                      log.user)
 
@@ -270,7 +293,7 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
         else:
             late.append((max(known, key=lambda log: log.id_session_log), row))
     conn.executemany(
-        f"INSERT INTO {SESSION_LOG.name} ({', '.join(_quoted(LOG_COLUMNS[1:]))}) "
+        f"INSERT INTO {SESSION_LOG.name} ({_WRITTEN}) "
         f"VALUES ({', '.join('?' * (len(LOG_COLUMNS) - 1))})",
         [row[1:] for row in inserts],
     )
@@ -281,10 +304,6 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
     result.inserted = len(inserts)
     result.late_revisions = _keep_late_revisions(conn, late)
     return result
-
-
-def _quoted(columns: Iterable[str]) -> list[str]:
-    return [f'"{c}"' if c == "user" else c for c in columns]
 
 
 def _as_log(row: StoredLog) -> SessionLog:

@@ -61,6 +61,16 @@ class Backend(Protocol):
     def execute(self, conn: Connection, sql: str, params: Any, timeout: float) -> Any:
         """Run one statement (already traced) and return the driver cursor."""
 
+    def write_alone(
+        self, conn: Connection, sql: str, params: Any, mode: str, timeout: float
+    ) -> tuple[str, int]:
+        """Begin a transaction of ``mode``, run one statement, commit: in one round trip.
+
+        Returns the begin statement to trace (as :meth:`begin`) and the
+        statement's row count. On failure the transaction is left for the
+        caller to roll back.
+        """
+
     def executemany(self, conn: Connection, sql: str, rows: Sequence[Any]) -> None:
         """Run one statement for every row of ``rows``."""
 

@@ -87,6 +87,21 @@ def _local_timezone() -> str:
     return f"<{sign}{hours}{minutes}>{west}{hours}:{minutes}"
 
 
+def _begin_statements(mode: str, timeout: float) -> list[str]:
+    """Return the statements that begin a transaction of ``mode`` (see ``Backend.begin``)."""
+    # 0 means "no limit" to PostgreSQL: wait at least 1 ms.
+    milliseconds = min(max(int(timeout * 1000), 1), _MAX_MS)
+    statements = ["BEGIN", f"SET LOCAL lock_timeout = '{milliseconds}ms'"]
+    if mode == "IMMEDIATE":
+        statements.append(f"SELECT pg_advisory_xact_lock({WRITERS_LOCK})")
+    return statements
+
+
+def _traced_begin(mode: str) -> str:
+    # In SQLite's words: IMMEDIATE is a transaction holding the writers' lock.
+    return {"IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN DEFERRED"}.get(mode, "BEGIN")
+
+
 def _where(location: DatabaseLocation) -> str:
     """Name the server and database of ``location`` (from the URL and libpq's defaults)."""
     try:
@@ -217,16 +232,24 @@ class _PostgreSQL:
         _pools.give(location.target, raw)
 
     def begin(self, conn: Connection, mode: str, timeout: float) -> str:
-        lock = f"; SELECT pg_advisory_xact_lock({WRITERS_LOCK})" if mode == "IMMEDIATE" else ""
-        # 0 means "no limit" to PostgreSQL: wait at least 1 ms.
-        milliseconds = min(max(int(timeout * 1000), 1), _MAX_MS)
-        conn.raw.execute(f"BEGIN; SET LOCAL lock_timeout = '{milliseconds}ms'{lock}")
-        # Traced in SQLite's words: IMMEDIATE is a transaction holding the writers' lock.
-        return {"IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN DEFERRED"}.get(mode, "BEGIN")
+        conn.raw.execute("; ".join(_begin_statements(mode, timeout)))  # one round trip
+        return _traced_begin(mode)
 
     def execute(self, conn: Connection, sql: str, params: Any, timeout: float) -> Any:
         # Always with a params object (maybe empty), so that psycopg turns %% back into %.
         return conn.raw.execute(native_sql(sql), params if params is not None else ())
+
+    def write_alone(
+        self, conn: Connection, sql: str, params: Any, mode: str, timeout: float
+    ) -> tuple[str, int]:
+        raw = conn.raw
+        # A pipeline sends every statement, then waits once: one round trip.
+        with raw.pipeline():
+            for statement in _begin_statements(mode, timeout):
+                raw.execute(statement)
+            cursor = raw.execute(native_sql(sql), params if params is not None else ())
+            raw.execute("COMMIT")
+        return _traced_begin(mode), int(cursor.rowcount)
 
     def executemany(self, conn: Connection, sql: str, rows: Sequence[Any]) -> None:
         with conn.raw.cursor() as cursor:

@@ -141,6 +141,14 @@ class _SQLite:
             return raw.execute(sql, params)
         return _retry_busy(lambda: raw.execute(sql, params), timeout)
 
+    def write_alone(
+        self, conn: Connection, sql: str, params: Any, mode: str, timeout: float
+    ) -> tuple[str, int]:
+        began = self.begin(conn, mode, timeout)
+        count = conn.raw.execute(sql, params).rowcount
+        conn.raw.execute("COMMIT")
+        return began, int(count)
+
     def executemany(self, conn: Connection, sql: str, rows: Sequence[Any]) -> None:
         conn.raw.executemany(sql, rows)
 
