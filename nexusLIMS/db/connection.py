@@ -30,6 +30,7 @@ __all__ = [
     "close_watches",
     "connect",
     "data_version",
+    "removed_if_failed",
     "tracing",
 ]
 
@@ -316,3 +317,21 @@ def data_version(location: DatabaseLocation) -> Optional[int]:
 def close_watches() -> None:
     """Close the kept change-watch connections (test fixtures call it when done)."""
     _watches.close()
+
+
+@contextmanager
+def removed_if_failed(location: DatabaseLocation) -> Iterator[None]:
+    """Remove the SQLite file that the block creates (and its journal) if the block fails.
+
+    A failed ``init`` or ``copy`` must not leave a file behind that later
+    commands would take for a database.
+    """
+    new_file = location.backend == "sqlite" and not location.path.exists()
+    try:
+        yield
+    except BaseException:
+        if new_file:
+            journal = location.path.with_name(location.path.name + "-journal")
+            for leftover in (location.path, journal):
+                leftover.unlink(missing_ok=True)
+        raise

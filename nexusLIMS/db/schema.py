@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
-from nexusLIMS.db.connection import Connection, connect
+from nexusLIMS.db.connection import Connection, connect, removed_if_failed
 from nexusLIMS.db.enums import EventType, RecordStatus
 from nexusLIMS.db.errors import UnsupportedDatabaseError
 
@@ -459,8 +459,7 @@ def init_db(database: Optional[DatabaseRef] = None, *, force: bool = False) -> D
         NexusLIMS 2.x, or has a newer schema; nothing was written.
     """
     location = locate_database(database, must_exist=False)
-    new_file = location.backend == "sqlite" and not location.path.exists()
-    try:
+    with removed_if_failed(location):
         with connect(location, begin="IMMEDIATE", create=True) as conn:
             info = inspect(conn)
             info.check_usable(require_tables=False)
@@ -477,11 +476,5 @@ def init_db(database: Optional[DatabaseRef] = None, *, force: bool = False) -> D
             if fresh:
                 conn.backend.set_schema_version(conn, SCHEMA_VERSION)
         forget(location)
-    except BaseException:
-        if new_file:
-            journal = location.path.with_name(location.path.name + "-journal")
-            for leftover in (location.path, journal):
-                leftover.unlink(missing_ok=True)
-        raise
     logger.info("Initialised NexusLIMS database at %s", location.describe())
     return location

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
-from nexusLIMS.db.connection import Connection, connect
+from nexusLIMS.db.connection import Connection, connect, removed_if_failed
 from nexusLIMS.db.errors import UnsupportedDatabaseError
 from nexusLIMS.db.schema import (
     INSTRUMENTS,
@@ -141,9 +141,8 @@ def copy_database(
     destination = locate_database(target, must_exist=False)
     if origin == destination:
         raise UnsupportedDatabaseError(f"Cannot copy {origin} onto itself")
-    new_file = destination.backend == "sqlite" and not destination.path.exists()
     copied: list[TableCopy] = []
-    try:
+    with removed_if_failed(destination):
         with connect(origin, begin="DEFERRED") as src, \
                 connect(destination, begin="IMMEDIATE", create=True, foreign_keys=False) as dst:
             info = inspect(src)
@@ -163,12 +162,6 @@ def copy_database(
             dst.backend.set_id_counter(dst, SESSION_LOG.name, "id_session_log", counter)
             dst.backend.set_schema_version(dst, SCHEMA_VERSION)
         forget(destination)
-    except BaseException:
-        if new_file:
-            journal = destination.path.with_name(destination.path.name + "-journal")
-            for leftover in (destination.path, journal):
-                leftover.unlink(missing_ok=True)
-        raise
     logger.info("Copied %s to %s (%s)", origin, destination,
                 ", ".join(f"{c.table}: {c.rows} rows" for c in copied))
     return CopyResult(origin, destination, info.version, tuple(copied), counter + 1)

@@ -36,6 +36,12 @@ PROG = "nexuslims-db"
 _PROGRESS_ROWS = 1000
 
 
+def _error(message: str, *, status: int = 1) -> int:
+    """Print ``message`` as the command's one-line error; return the exit status."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
 def _db_option(args: argparse.Namespace) -> str:
     """Return `` --db <database>`` for a suggested command (a URL without its password)."""
     if not args.db:
@@ -134,9 +140,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Set the record status of every log of a session (``status``)."""
     changed = set_session_status(args.session_identifier, args.status, database=args.db)
     if changed == 0:
-        print(f"{PROG}: error: no session_log rows have session identifier "
-              f"{args.session_identifier!r}; nothing changed", file=sys.stderr)
-        return 1
+        return _error(f"no session_log rows have session identifier "
+                      f"{args.session_identifier!r}; nothing changed")
     print(f"Set {plural(changed, 'log')} of session {printable(args.session_identifier)} "
           f"to {args.status}.")
     return 0
@@ -176,9 +181,8 @@ def cmd_instruments_edit(args: argparse.Namespace) -> int:
     """Change columns of an instrument (a new PID renames it) (``instruments edit``)."""
     changes = _column_values(args)
     if not changes:
-        print(f"{PROG}: error: nothing to change; give at least one column option "
-              f"(see {PROG} instruments edit --help)", file=sys.stderr)
-        return 2
+        return _error(f"nothing to change; give at least one column option "
+                      f"(see {PROG} instruments edit --help)", status=2)
     edited = edit_instrument(args.pid, changes, args.db)
     renamed = f" (renamed to {printable(edited.name)})" if edited.name != args.pid else ""
     print(f"Edited instrument {printable(args.pid)}{renamed}: "
@@ -244,9 +248,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
         return 0
     if not args.yes:
         if not sys.stdin.isatty():
-            print(f"{PROG}: error: not confirmed; run again with --yes to repair "
-                  f"{plural(len(plan), 'session')}", file=sys.stderr)
-            return 1
+            return _error(f"not confirmed; run again with --yes to repair "
+                          f"{plural(len(plan), 'session')}")
         answer = input(f"Repair {plural(len(plan), 'session')}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing was changed.")
@@ -342,9 +345,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
 def cmd_claims_release(args: argparse.Namespace) -> int:
     """Free a claimed session by hand (``claims release``)."""
     if not release_claim(args.session_identifier, args.db):
-        print(f"{PROG}: error: no claim holds session {args.session_identifier!r}; "
-              f"nothing changed", file=sys.stderr)
-        return 1
+        return _error(f"no claim holds session {args.session_identifier!r}; nothing changed")
     print(f"Released the claim on session {printable(args.session_identifier)}; "
           f"any builder may claim it now.")
     return 0
@@ -377,8 +378,6 @@ def cmd_completion(args: argparse.Namespace) -> int:
     try:
         from argcomplete.shell_integration import shellcode
     except ImportError:
-        print(f"{PROG}: error: shell completion needs argcomplete: "
-              f"pip install \"nexusLIMS[completion]\"", file=sys.stderr)
-        return 1
+        return _error('shell completion needs argcomplete: pip install "nexusLIMS[completion]"')
     print(shellcode([PROG], shell=args.shell), end="")
     return 0
