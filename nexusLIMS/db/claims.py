@@ -31,7 +31,7 @@ from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.enums import EventType, RecordStatus, coerce
 from nexusLIMS.db.errors import ClaimLostError, UnsupportedDatabaseError
 from nexusLIMS.db.instruments import read_instruments
-from nexusLIMS.db.logs import StoredLog, select_logs, set_status
+from nexusLIMS.db.logs import StoredLog, logs_of, set_status
 from nexusLIMS.db.schema import SESSION_CLAIMS, SESSION_LOG, has_table, transaction
 from nexusLIMS.db.sessions import Pairing, Session
 
@@ -283,13 +283,10 @@ def claim_sessions(
 def _consistent(conn: Connection, pairing: Pairing, rows: list[tuple[Any, ...]]) -> list[Session]:
     """Return the sessions of candidate STARTs whose TO_BE_BUILT logs pair cleanly, in order."""
     identifiers = list(dict.fromkeys(identifier for _, identifier in rows))
-    marks = ", ".join("?" * len(identifiers))
     logs: dict[str, list[StoredLog]] = {}
-    for row in conn.fetchall(select_logs(
-            f"record_status = '{_TBB}' AND event_type IN ('{_START}', '{_END}') "
-            f"AND session_identifier IN ({marks})"), identifiers):
-        log = StoredLog(*row)
-        logs.setdefault(log.session_identifier, []).append(log)
+    for log in logs_of(conn, identifiers):
+        if log.record_status == _TBB and log.event_type in (_START, _END):
+            logs.setdefault(log.session_identifier, []).append(log)
     pairing.sessions.clear()
     for identifier in identifiers:
         pair = sorted(logs.get(identifier, []), key=lambda log: log.event_type != _START)

@@ -56,6 +56,7 @@ __all__ = [
     "insert_logs",
     "log_end",
     "log_start",
+    "logs_of",
     "require_instrument",
     "select_logs",
     "set_status",
@@ -238,8 +239,12 @@ def _checked_row(log: SessionLog) -> StoredLog:
                      log.user)
 
 
-def _stored(conn: Connection, identifiers: list[str]) -> list[StoredLog]:
-    """Return the stored logs of ``identifiers``, through the identifier index."""
+def logs_of(conn: Connection, identifiers: list[str]) -> list[StoredLog]:
+    """Return every stored log of the sessions ``identifiers``, through the identifier index.
+
+    By identifier alone, so that every planner takes that index (a session
+    has few logs); callers filter statuses and events themselves.
+    """
     rows: list[StoredLog] = []
     for first in range(0, len(identifiers), _CHUNK):
         chunk = identifiers[first : first + _CHUNK]
@@ -264,7 +269,7 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
     rows = [_validated_row(log, instruments) for log in batch]
     # The stored logs of the batch's sessions, by (identifier, instrument, event).
     by_event: dict[tuple[str, str, str], list[StoredLog]] = {}
-    for stored in _stored(conn, list(dict.fromkeys(row.session_identifier for row in rows))):
+    for stored in logs_of(conn, list(dict.fromkeys(row.session_identifier for row in rows))):
         by_event.setdefault((*stored[1:3], stored.event_type), []).append(stored)
     inserts: list[StoredLog] = []
     updates: dict[int, tuple[str, Optional[str]]] = {}

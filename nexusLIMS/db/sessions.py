@@ -26,6 +26,7 @@ from nexusLIMS.db.logs import (
     SessionLog,
     StoredLog,
     end_claims,
+    logs_of,
     require_instrument,
     select_logs,
     set_status,
@@ -97,7 +98,6 @@ _TO_BE_BUILT_LOGS = (
     f"FROM {SESSION_LOG.name} WHERE record_status = '{_TBB}' "
     f"AND event_type IN ('{_START}', '{_END}')"
 )
-_CHUNK = 500
 _TAKEN = ("an END already paired",)
 
 
@@ -466,16 +466,9 @@ class Pairing:
                              if s.session_identifier not in self.recheck]
         groups: dict[str, tuple[list[StoredLog], list[StoredLog]]] = {
             identifier: ([], []) for identifier in self.suspects}
-        identifiers = list(self.suspects)
-        # By identifier alone, so that every planner takes its index (a session
-        # has few logs); the statuses are filtered here.
-        for first in range(0, len(identifiers), _CHUNK):
-            chunk = identifiers[first : first + _CHUNK]
-            where = f"session_identifier IN ({', '.join('?' * len(chunk))})"
-            for row in self.conn.fetchall(select_logs(where), chunk):
-                log = StoredLog(*row)
-                if log.record_status == _TBB and log.event_type in (_START, _END):
-                    groups[log.session_identifier][log.event_type == _END].append(log)
+        for log in logs_of(self.conn, list(self.suspects)):
+            if log.record_status == _TBB and log.event_type in (_START, _END):
+                groups[log.session_identifier][log.event_type == _END].append(log)
         problems: list[tuple[int, SessionProblem]] = []
         for identifier, (starts, ends) in groups.items():
             if not starts and not ends:  # built (or changed) since it was suspected
