@@ -1,0 +1,771 @@
+"""Benchmark of claiming sessions for record builders (issue 12), on SQLite and PostgreSQL.
+
+Run after ``pip install -e ".[test,postgres]"``::
+
+    python benchmarks/bench_claims.py                       # SQLite, in a temporary folder
+    python benchmarks/bench_claims.py --tmpfs               # SQLite in /dev/shm
+    python benchmarks/bench_claims.py --backend postgresql  # a throwaway PostgreSQL server
+    python benchmarks/bench_claims.py --backend postgresql --url postgresql://user@host/db
+
+Every run gets a fresh database: ``init_db`` + the sample instruments, then N
+TO_BE_BUILT sessions (START and END) and N completed ones (START, END and
+RECORD_GENERATION: 3N history rows), shuffled, loaded raw (``executemany`` /
+``COPY``). Builders are spawned processes started behind a barrier, once
+warmed up (imports, first connection) as a long-running builder is; each
+loops ``claim_sessions(limit=B)`` and ``finish("COMPLETED")`` on every
+session it got, until none is left. Measured, interleaved so that the noise
+of a shared machine hits all alike, medians of ``--repeats`` runs:
+
+1. one builder, no build time: the time per session in ``claim_sessions``
+   and in ``finish``, against a raw baseline: one single-row UPDATE of
+   ``session_log`` per session, each in its own transaction, on one kept
+   connection (the least a "mark this session done" costs on the backend);
+2. eight builders, no build time: wall time, sessions per second, time per
+   session, claims that came back empty while sessions were left (others
+   held them), and a check that every session was finished exactly once;
+3. a simulated build (a 10 ms sleep per session, N=400): the speed-up of
+   eight builders over one (the test suite asserts >= 4x).
+
+The benchmark sets up its data and runs its baseline with the drivers
+directly; the package itself does not. It exits 0 whatever the figures,
+and 2 when a run did not finish every session exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import queue
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from abc import ABC, abstractmethod
+from collections import Counter
+from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from nexusLIMS.db.claims import claim_sessions
+from nexusLIMS.db.config import ENV_DB_PATH, ENV_DB_PATH_2X
+from nexusLIMS.db.connection import connect
+from nexusLIMS.db.samples import add_sample_instruments
+from nexusLIMS.db.schema import init_db
+
+Row = tuple[str, str, str, str, str, Optional[str]]
+
+SPAWN = multiprocessing.get_context("spawn")  # children find the database in the environment
+#: How long a builder sleeps when every session left is claimed by others.
+POLL = 0.005
+#: The longest a run of builders may take, in seconds.
+RUN_TIMEOUT = 900.0
+_COLUMNS = 'session_identifier, instrument, timestamp, event_type, record_status, "user"'
+_UNBUILT = ("SELECT count(*) FROM session_log WHERE event_type = 'START' "
+            "AND record_status = 'TO_BE_BUILT'")
+_MARK_DONE = "UPDATE session_log SET record_status = 'COMPLETED' WHERE id_session_log = ?"
+_SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+_USERS = ("alice", "bob", "carol", "dave", None)
+_ZONES = (None, timezone(timedelta(hours=-5)), timezone(timedelta(hours=-4)), timezone.utc)
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+
+
+def _session_rows(rng: random.Random, number: int, pids: list[str], status: str) -> list[Row]:
+    """Return a session's START and END (and RECORD_GENERATION unless TO_BE_BUILT)."""
+    identifier = (f"https://nemo.example.org/api/usage_events/?id={number}" if number % 2
+                  else str(uuid.UUID(int=rng.getrandbits(128), version=4)))
+    pid, user, zone = pids[number % len(pids)], rng.choice(_USERS), rng.choice(_ZONES)
+    spec = rng.choice(("seconds", "milliseconds", "microseconds"))
+    start = datetime(2021, 1, 1, tzinfo=zone) + timedelta(minutes=7 * number)
+    end = start + timedelta(minutes=rng.randrange(10, 480), seconds=rng.randrange(60))
+    rows: list[Row] = [
+        (identifier, pid, start.isoformat(timespec=spec), "START", status, user),
+        (identifier, pid, end.isoformat(timespec=spec), "END", status, user),
+    ]
+    if status != "TO_BE_BUILT":
+        made = end.replace(tzinfo=_ZONES[1]) + timedelta(minutes=30)
+        rows.append((identifier, pid, made.isoformat(), "RECORD_GENERATION", status, "nexus"))
+    return rows
+
+
+def make_rows(sessions: int, pids: list[str], seed: int) -> list[Row]:
+    """Return ``sessions`` TO_BE_BUILT sessions and as many completed ones, shuffled."""
+    rng = random.Random(seed)
+    rows: list[Row] = []
+    for number in range(sessions):
+        rows += _session_rows(rng, 2 * number, pids, "TO_BE_BUILT")
+        rows += _session_rows(rng, 2 * number + 1, pids, "COMPLETED")
+    rng.shuffle(rows)
+    return rows
+
+
+@dataclass
+class Database:
+    """A fresh benchmark database: what ``nexusLIMS_db_path`` names, and its sessions."""
+
+    target: str
+    identifiers: list[str]  # the TO_BE_BUILT sessions
+    start_ids: list[int]  # id_session_log of their STARTs
+
+
+# --------------------------------------------------------------------------
+# The two backends
+# --------------------------------------------------------------------------
+
+
+class Store(ABC):
+    """Where the runs' databases live; the driver-level work both backends share."""
+
+    backend = ""
+    begin = "BEGIN"  # a raw write transaction
+    mark = "?"  # the driver's placeholder
+    analyze = True  # gather the planner's statistics once loaded
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Return the database software and its settings, for the machine line."""
+
+    @abstractmethod
+    def raw(self, target: str) -> AbstractContextManager[Any]:
+        """Return a raw autocommit driver connection to ``target``, as a context manager."""
+
+    @abstractmethod
+    def drop(self, target: str) -> None:
+        """Remove a run's database."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Remove whatever is left (databases, folders, servers)."""
+
+    @abstractmethod
+    def _new_target(self) -> str: ...
+
+    @abstractmethod
+    def _load(self, conn: Any, rows: list[Row]) -> None: ...
+
+    def sql(self, text: str) -> str:
+        """Return ``text`` with the driver's placeholders."""
+        return text.replace("?", self.mark)
+
+    def fresh(self, sessions: int, seed: int) -> Database:
+        """Create a database of ``sessions`` TO_BE_BUILT sessions and 3N history rows."""
+        target = self._new_target()
+        init_db(target)
+        rows = make_rows(sessions, sorted(add_sample_instruments(target)), seed)
+        with self.raw(target) as conn:
+            self._load(conn, rows)
+            if self.analyze:
+                conn.execute("ANALYZE")
+            start_ids = [row[0] for row in conn.execute(
+                "SELECT id_session_log FROM session_log WHERE event_type = 'START' "
+                "AND record_status = 'TO_BE_BUILT' ORDER BY id_session_log").fetchall()]
+        identifiers = [row[0] for row in rows if row[3] == "START" and row[4] == "TO_BE_BUILT"]
+        return Database(target, identifiers, start_ids)
+
+    def mark_done(self, database: Database) -> float:
+        """Return the seconds of one raw single-row UPDATE per session, each committed alone."""
+        update = self.sql(_MARK_DONE)
+        with self.raw(database.target) as conn:
+            began = time.perf_counter()
+            for log_id in database.start_ids:
+                conn.execute(self.begin)
+                conn.execute(update, (log_id,))
+                conn.execute("COMMIT")
+            return time.perf_counter() - began
+
+    def problems(self, database: Database, finished: Counter[str]) -> str:
+        """Return what shows a session not finished exactly once ('' when none does)."""
+        count = len(database.identifiers)
+        with self.raw(database.target) as conn:
+            statuses = dict(((event, status), number) for event, status, number in conn.execute(
+                "SELECT event_type, record_status, count(*) FROM session_log "
+                "GROUP BY event_type, record_status").fetchall())
+            claims = conn.execute("SELECT count(*) FROM session_claims").fetchone()[0]
+        found = []
+        if statuses != {(event, "COMPLETED"): 2 * count if event != "RECORD_GENERATION"
+                        else count for event in ("START", "END", "RECORD_GENERATION")}:
+            found.append(f"statuses {sorted(statuses.items())}")
+        if claims:
+            found.append(f"{claims} claim rows left")
+        twice = sum(1 for number in finished.values() if number != 1)
+        if twice or set(finished) != set(database.identifiers):
+            found.append(f"{len(finished)} sessions finished of {count}, {twice} not once")
+        return "; ".join(found)
+
+
+class SqliteStore(Store):
+    """Database files in a temporary folder (in /dev/shm with ``tmpfs``)."""
+
+    backend = "sqlite"
+    begin = "BEGIN IMMEDIATE"
+
+    def __init__(self, tmpfs: bool, analyze: bool) -> None:
+        self.analyze = analyze  # SQLite never gathers statistics by itself
+        self.folder = Path(tempfile.mkdtemp(prefix="nexuslims-bench-claims-",
+                                            dir="/dev/shm" if tmpfs else None))
+        self.runs = 0
+
+    def describe(self) -> str:
+        probe = self.folder / "probe.sqlite"
+        init_db(probe)
+        with self.raw(str(probe)) as conn:
+            journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            synchronous = _SYNCHRONOUS[conn.execute("PRAGMA synchronous").fetchone()[0]]
+        self.drop(str(probe))
+        stats = "ANALYZE run after loading" if self.analyze else "no ANALYZE, as init_db"
+        return (f"SQLite (journal_mode {journal}, synchronous {synchronous}; files in "
+                f"{self.folder.parent}, {_filesystem(self.folder)}; {stats})")
+
+    def _new_target(self) -> str:
+        self.runs += 1
+        return str(self.folder / f"run-{self.runs}.sqlite")
+
+    @contextmanager
+    def raw(self, target: str) -> Iterator[Any]:
+        with closing(sqlite3.connect(target, isolation_level=None)) as conn:
+            conn.execute("PRAGMA foreign_keys = ON")  # as the package's connections
+            yield conn
+
+    def _load(self, conn: Any, rows: list[Row]) -> None:
+        conn.execute("BEGIN")
+        conn.executemany(f"INSERT INTO session_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+
+    def drop(self, target: str) -> None:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(target + suffix).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class PostgresStore(Store):
+    """A schema per run on a given server, or on a throwaway one started here."""
+
+    backend = "postgresql"
+    mark = "%s"
+
+    def __init__(self, url: Optional[str]) -> None:
+        self.server: Any = None  # a nexusLIMS.db.pytest_plugin.PostgresServer we started
+        if url is None:
+            self.server = _start_server()
+            url = str(self.server.url)
+        self.url = url
+        self.schemas: list[str] = []
+
+    @contextmanager
+    def raw(self, target: str) -> Iterator[Any]:
+        import psycopg
+
+        with psycopg.connect(target, autocommit=True) as conn:
+            yield conn
+
+    def describe(self) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        with self.raw(self.url) as conn:
+            version, fsync, synchronous = (conn.execute(f"SHOW {name}").fetchone()[0] for name in
+                                           ("server_version", "fsync", "synchronous_commit"))
+        info = conninfo_to_dict(self.url)
+        where = "a throwaway server" if self.server else \
+            f"{info.get('host', 'localhost')}:{info.get('port', 5432)}"
+        return f"PostgreSQL {version} (fsync {fsync}, synchronous_commit {synchronous}; {where})"
+
+    def _new_target(self) -> str:
+        schema = f"nexuslims_bench_{uuid.uuid4().hex[:12]}"
+        with self.raw(self.url) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        self.schemas.append(schema)
+        separator = "&" if "?" in self.url else "?"
+        return f"{self.url}{separator}options=-csearch_path%3D{schema}"
+
+    def _load(self, conn: Any, rows: list[Row]) -> None:
+        with conn.cursor() as cursor, cursor.copy(
+                f"COPY session_log ({_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def drop(self, target: str) -> None:
+        self._drop_schema(target.rsplit("%3D", 1)[1])
+
+    def _drop_schema(self, schema: str) -> None:
+        from nexusLIMS.db.backends.postgresql import close_pools
+
+        close_pools()  # this process's idle connections (to the schema among others)
+        with self.raw(self.url) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        self.schemas.remove(schema)
+
+    def close(self) -> None:
+        try:
+            for schema in list(self.schemas):
+                self._drop_schema(schema)
+        finally:
+            if self.server is not None:
+                self.server.stop()
+
+
+def _start_server() -> Any:
+    """Start a throwaway PostgreSQL server (its programs from ``pg_config --bindir``)."""
+    from nexusLIMS.db.pytest_plugin import PostgresServer
+
+    bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    server = PostgresServer(Path(bindir))
+    try:
+        return server.start()
+    except BaseException:
+        shutil.rmtree(server.folder, ignore_errors=True)
+        raise
+
+
+def _filesystem(folder: Path) -> str:
+    """Return the type of the file system ``folder`` is on (Linux; else 'unknown')."""
+    best, kind = "", "unknown"
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                point, fs_type = line.split()[1:3]
+                if folder.is_relative_to(point) and len(point) > len(best):
+                    best, kind = point, fs_type
+    except OSError:
+        pass
+    return kind
+
+
+# --------------------------------------------------------------------------
+# Builders (module level: spawned children import them)
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class BuilderReport:
+    """What one builder did; times are ``time.time()`` (comparable across processes)."""
+
+    name: str
+    finished: list[str] = field(default_factory=list)
+    started: float = 0.0
+    last_finish: float = 0.0
+    claim_seconds: float = 0.0
+    finish_seconds: float = 0.0
+    claim_calls: int = 0
+    contended: int = 0  # claims that got nothing while sessions were left
+    error: str = ""
+
+
+def unbuilt() -> int:
+    """Return how many sessions still wait for their record (claimed ones included)."""
+    with connect() as conn:
+        return int(conn.scalar(_UNBUILT))
+
+
+def builder(name: str, batch: int, build_seconds: float, barrier: Any, results: Any) -> None:
+    """Claim ``batch`` sessions at a time and finish each COMPLETED, until none is left.
+
+    Each finish follows a sleep of ``build_seconds`` (the record's build)
+    when that is not 0. Before the barrier, it warms up as a long-running
+    builder would be (imports, first connection, schema check) by claiming
+    nothing. Puts a :class:`BuilderReport` on ``results``.
+    """
+    report = BuilderReport(name)
+    try:
+        claim_sessions(0, worker=name)
+        unbuilt()
+        barrier.wait(timeout=120)
+        report.started = report.last_finish = time.time()
+        while True:
+            began = time.perf_counter()
+            claimed = claim_sessions(batch, worker=name)
+            report.claim_seconds += time.perf_counter() - began
+            report.claim_calls += 1
+            if not claimed:
+                if unbuilt() == 0:
+                    break
+                report.contended += 1
+                time.sleep(POLL)
+                continue
+            for session in claimed:
+                if build_seconds:
+                    time.sleep(build_seconds)
+                began = time.perf_counter()
+                session.finish("COMPLETED")
+                report.finish_seconds += time.perf_counter() - began
+                report.last_finish = time.time()
+                report.finished.append(session.session_identifier)
+    except BaseException:  # reported, whatever it was (a Ctrl-C too)
+        report.error = traceback.format_exc()
+    results.put(report)
+
+
+def run_builders(count: int, batch: int, build_seconds: float) -> list[BuilderReport]:
+    """Run ``count`` builder processes on the database the environment names; return reports.
+
+    Raises
+    ------
+    RuntimeError
+        A builder failed or did not report in time.
+    """
+    barrier, results = SPAWN.Barrier(count), SPAWN.Queue()
+    processes = [SPAWN.Process(target=builder, args=(f"builder-{number}", batch, build_seconds,
+                                                     barrier, results), daemon=True)
+                 for number in range(count)]
+    try:
+        for process in processes:
+            process.start()
+        reports = _collect(processes, results)
+        for process in processes:
+            process.join(timeout=30)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+            if process.pid is not None:
+                process.join()
+        results.close()
+        results.join_thread()
+    errors = [report.error for report in reports if report.error]
+    if errors:
+        raise RuntimeError("a builder failed:\n" + "\n".join(errors))
+    return reports
+
+
+def _collect(processes: list[Any], results: Any) -> list[BuilderReport]:
+    """Return every builder's report; raise RuntimeError if one died or took too long."""
+    reports: list[BuilderReport] = []
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while len(reports) < len(processes):
+        try:
+            reports.append(results.get(timeout=1.0))
+        except queue.Empty:
+            if time.monotonic() > deadline or not any(p.is_alive() for p in processes):
+                raise RuntimeError(
+                    f"{len(processes) - len(reports)} builder(s) did not report (died, or took "
+                    f"longer than {RUN_TIMEOUT:.0f} s)") from None
+    return reports
+
+
+# --------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run of ``builders`` builders over a fresh database of ``sessions`` sessions."""
+
+    builders: int
+    batch: int
+    build_ms: float
+    sessions: int
+    wall: float
+    claim: float  # seconds all builders spent in claim_sessions
+    finish: float  # ... and in finish
+    claim_calls: int
+    contended: int
+    problems: str
+
+
+def _pointing_at(target: str) -> None:
+    os.environ[ENV_DB_PATH] = target
+    os.environ.pop(ENV_DB_PATH_2X, None)
+
+
+def measure(store: Store, builders: int, batch: int, build_ms: float, sessions: int,
+            seed: int) -> Run:
+    """Run the builders on a fresh database, check the outcome, drop the database."""
+    database = store.fresh(sessions, seed)
+    try:
+        _pointing_at(database.target)
+        reports = run_builders(builders, batch, build_ms / 1000)
+        finished = Counter(name for report in reports for name in report.finished)
+        problems = store.problems(database, finished)
+    finally:
+        store.drop(database.target)
+    return Run(
+        builders, batch, build_ms, sessions,
+        wall=max(r.last_finish for r in reports) - min(r.started for r in reports),
+        claim=sum(r.claim_seconds for r in reports),
+        finish=sum(r.finish_seconds for r in reports),
+        claim_calls=sum(r.claim_calls for r in reports),
+        contended=sum(r.contended for r in reports),
+        problems=problems,
+    )
+
+
+def baseline(store: Store, sessions: int, seed: int) -> float:
+    """Return the seconds per session of the raw single-row UPDATE, on a fresh database."""
+    database = store.fresh(sessions, seed)
+    try:
+        return store.mark_done(database) / sessions
+    finally:
+        store.drop(database.target)
+
+
+@dataclass
+class Results:
+    """Every run and baseline measured."""
+
+    runs: list[Run] = field(default_factory=list)
+    baselines: list[float] = field(default_factory=list)
+
+    def median(self, attribute: str, builders: int, batch: int, build_ms: float) -> float:
+        """Median of a :class:`Run` attribute over the runs of one kind."""
+        return float(statistics.median(
+            getattr(run, attribute) for run in self.runs
+            if (run.builders, run.batch, run.build_ms) == (builders, batch, build_ms)))
+
+    def problems(self) -> list[str]:
+        """The problems found, one line per run that had some."""
+        return [f"{run.builders} builders, B={run.batch}, build {run.build_ms:g} ms: "
+                f"{run.problems}" for run in self.runs if run.problems]
+
+
+def bench(store: Store, args: argparse.Namespace) -> Results:
+    """Measure every case, the kinds of runs interleaved within each repeat."""
+    results = Results()
+    counts = (1, args.builders)
+    for repeat in range(args.repeats):
+        seed = args.seed + repeat
+        results.baselines.append(baseline(store, args.sessions, seed))
+        for batch in args.batches:
+            for builders in counts:
+                results.runs.append(measure(store, builders, batch, 0.0, args.sessions, seed))
+        for batch in args.batches:
+            for builders in counts:
+                results.runs.append(measure(store, builders, batch, args.build_ms,
+                                            args.build_sessions, seed))
+        _progress(f"repeat {repeat + 1} of {args.repeats} done")
+    return results
+
+
+def _progress(text: str) -> None:
+    print(f"  {text}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+
+
+def machine(store: Store) -> str:
+    """Return the machine line: platform, CPUs, Python and the database software."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (f"{platform.platform()}; {os.cpu_count()} CPUs ({cpu}); Python "
+            f"{platform.python_version()}; SQLite library {sqlite3.sqlite_version}\n"
+            f"database: {store.describe()}")
+
+
+def _row(label: str, cells: list[str], width: int = 12) -> str:
+    return f"{label:<44}" + "".join(f"{cell:>{width}}" for cell in cells)
+
+
+def table_one_builder(results: Results, args: argparse.Namespace) -> dict[str, Any]:
+    """Print case 1 and return its figures (microseconds per session)."""
+    us = 1e6 / args.sessions
+    raw = statistics.median(results.baselines) * 1e6
+    figures: dict[str, Any] = {"raw_update_us": raw}
+    print(f"1. one builder, no build time: claim_sessions(limit=B), then finish('COMPLETED') "
+          f"on each; N={args.sessions}")
+    print(_row("us per session", [f"B={batch}" for batch in args.batches]))
+    for name in ("claim", "finish", "claim + finish"):
+        cells = []
+        for batch in args.batches:
+            value = sum(results.median(part, 1, batch, 0.0) for part in name.split(" + ")) * us
+            figures.setdefault(name.replace(" + ", "_"), {})[batch] = value
+            cells.append(f"{value:.0f}")
+        print(_row(f"  {name}", cells))
+    print(_row("  raw UPDATE of one row, own transaction", [f"{raw:.0f}"] * len(args.batches)))
+    print(_row("  (claim + finish) / raw UPDATE",
+               [f"{figures['claim_finish'][batch] / raw:.1f}" for batch in args.batches]))
+    print()
+    return figures
+
+
+def table_many_builders(results: Results, args: argparse.Namespace) -> dict[str, Any]:
+    """Print case 2 and return its figures."""
+    many, n = args.builders, args.sessions
+    figures: dict[int, dict[str, Any]] = {}
+    for batch in args.batches:
+        walls = {count: results.median("wall", count, batch, 0.0) for count in (1, many)}
+        runs = [run for run in results.runs if (run.builders, run.batch, run.build_ms)
+                == (many, batch, 0.0)]
+        figures[batch] = {
+            "wall_s": walls[many], "sessions_per_s": n / walls[many],
+            "wall_ms_per_session": walls[many] / n * 1e3,
+            "claim_ms_per_session": results.median("claim", many, batch, 0.0) / n * 1e3,
+            "finish_ms_per_session": results.median("finish", many, batch, 0.0) / n * 1e3,
+            "claim_calls": results.median("claim_calls", many, batch, 0.0),
+            "empty_claims": results.median("contended", many, batch, 0.0),
+            "finished_once": all(not run.problems for run in runs),
+            "one_builder_sessions_per_s": n / walls[1],
+            "throughput_ratio": walls[1] / walls[many],
+        }
+    print(f"2. {many} builders (spawned processes, started behind a barrier), no build time; "
+          f"N={n}")
+    print(_row("", [f"B={batch}" for batch in args.batches]))
+    lines = (
+        ("wall (s)", "wall_s", "{:.2f}"),
+        ("sessions per second", "sessions_per_s", "{:.0f}"),
+        ("wall per session (ms)", "wall_ms_per_session", "{:.3f}"),
+        ("in claim_sessions per session (ms, summed)", "claim_ms_per_session", "{:.3f}"),
+        ("in finish per session (ms, summed)", "finish_ms_per_session", "{:.3f}"),
+        ("claim calls", "claim_calls", "{:.0f}"),
+        ("empty claims while sessions were left", "empty_claims", "{:.0f}"),
+        ("1 builder: sessions per second", "one_builder_sessions_per_s", "{:.0f}"),
+        (f"throughput, {many} builders / 1 builder", "throughput_ratio", "{:.2f}"),
+    )
+    for label, key, form in lines:
+        print(_row(f"  {label}", [form.format(figures[batch][key]) for batch in args.batches]))
+    print(_row("  every session finished exactly once",
+               ["yes" if figures[batch]["finished_once"] else "NO" for batch in args.batches]))
+    print("  (no build time: the builders do nothing but write transactions, and claims take\n"
+          "   turns: SQLite lets one writer in at a time, PostgreSQL serializes claims with an\n"
+          "   advisory lock. So the ratio measures lock contention, not a speed-up.)")
+    print()
+    return {str(batch): values for batch, values in figures.items()}
+
+
+def table_build(results: Results, args: argparse.Namespace) -> dict[str, Any]:
+    """Print case 3 and return its figures, with the speed-up verdicts."""
+    many = args.builders
+    figures: dict[str, Any] = {}
+    print(f"3. simulated build of {args.build_ms:g} ms per session; N={args.build_sessions}")
+    walls = {batch: {count: results.median("wall", count, batch, args.build_ms)
+                     for count in (1, many)} for batch in args.batches}
+    print(_row("", [f"B={batch}" for batch in args.batches]))
+    print(_row("  wall, 1 builder (s)", [f"{walls[b][1]:.2f}" for b in args.batches]))
+    print(_row(f"  wall, {many} builders (s)", [f"{walls[b][many]:.2f}" for b in args.batches]))
+    print(_row("  speed-up", [f"{walls[b][1] / walls[b][many]:.2f}" for b in args.batches]))
+    for batch in args.batches:
+        speedup = walls[batch][1] / walls[batch][many]
+        verdict = "PASS" if speedup >= 4 else "MISS"
+        figures[str(batch)] = {"wall_1_s": walls[batch][1], f"wall_{many}_s": walls[batch][many],
+                               "speedup": speedup, "verdict": verdict}
+        print(f"{verdict}  speed-up of {many} builders >= 4x, B={batch}: {speedup:.2f}x")
+    print("  (the test suite asserts >= 4x with 2000 sessions and B=5, for SQLite in /dev/shm\n"
+          "   and for PostgreSQL)")
+    return figures
+
+
+def report(store: Store, results: Results, args: argparse.Namespace) -> dict[str, Any]:
+    """Print the machine line and the three tables; return everything for ``--json``."""
+    header = machine(store)
+    print(header)
+    print(f"medians of {args.repeats} run(s), interleaved, each on a fresh database: N "
+          f"TO_BE_BUILT sessions + 3N history rows, shuffled")
+    print()
+    figures = {
+        "machine": header,
+        "options": vars(args),
+        "one_builder": table_one_builder(results, args),
+        "many_builders": table_many_builders(results, args),
+        "simulated_build": table_build(results, args),
+        "runs": [asdict(run) for run in results.runs],
+        "raw_update_s_per_session": results.baselines,
+        "problems": results.problems(),
+    }
+    for line in figures["problems"]:
+        print(f"FAIL  {line}")
+    return figures
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    """Read the command line; ``--quick`` sets small sizes and one repeat."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--url", help="PostgreSQL server to use (a schema of its own is created "
+                                      "and dropped); default: start a throwaway server")
+    parser.add_argument("--tmpfs", action="store_true",
+                        help="SQLite: put the databases in /dev/shm (no fsync cost)")
+    parser.add_argument("--analyze", action="store_true",
+                        help="SQLite: run ANALYZE once the rows are loaded (PostgreSQL always "
+                             "does, as its autovacuum would)")
+    parser.add_argument("--sessions", type=int, default=2000,
+                        help="TO_BE_BUILT sessions without build time (default 2000)")
+    parser.add_argument("--build-sessions", type=int, default=400,
+                        help="TO_BE_BUILT sessions with the simulated build (default 400)")
+    parser.add_argument("--build-ms", type=float, default=10.0,
+                        help="simulated build time per session (default 10 ms)")
+    parser.add_argument("--builders", type=int, default=8, help="concurrent builders (default 8)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 10],
+                        help="claim_sessions limits B (default 1 10)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="200 and 80 sessions, 1 repeat (a smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sessions, args.build_sessions, args.repeats = 200, 80, 1
+    if args.url and args.backend != "postgresql":
+        parser.error("--url needs --backend postgresql")
+    if args.tmpfs and (args.backend != "sqlite" or not os.access("/dev/shm", os.W_OK)):
+        parser.error("--tmpfs needs --backend sqlite and a writable /dev/shm")
+    if args.analyze and args.backend != "sqlite":
+        parser.error("--analyze is for --backend sqlite (PostgreSQL is always analyzed)")
+    if min(args.sessions, args.build_sessions, args.builders, args.repeats, *args.batches) < 1:
+        parser.error("sizes, builders, batches and repeats must be at least 1")
+    return args
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # a SIGTERM cleans up as a Ctrl-C does
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the benchmark; return 0, or 2 when a session was not finished exactly once."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    saved = {var: os.environ.get(var) for var in (ENV_DB_PATH, ENV_DB_PATH_2X)}
+    store: Optional[Store] = None
+    try:
+        try:
+            store = PostgresStore(args.url) if args.backend == "postgresql" \
+                else SqliteStore(args.tmpfs, args.analyze)
+            results = bench(store, args)
+            print()
+            figures = report(store, results, args)
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+            if store is not None:
+                store.close()
+    except KeyboardInterrupt:
+        print("interrupted (cleaned up)", file=sys.stderr)
+        return 130
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
+    return 2 if figures["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
