@@ -71,7 +71,8 @@ LOG_COLUMNS = SESSION_LOG.column_names
 _CHUNK = 500  # identifiers per look-up, below the oldest SQLite limit of 999 parameters
 _START, _END = EventType.START.value, EventType.END.value
 _TBB = RecordStatus.TO_BE_BUILT.value
-_WRITTEN = ", ".join(f'"{c}"' if c == "user" else c for c in LOG_COLUMNS[1:])  # not the id
+_QUOTED = [f'"{c}"' if c == "user" else c for c in LOG_COLUMNS]  # "user" is a keyword
+_WRITTEN = ", ".join(_QUOTED[1:])  # not the id
 # A log whose session has no log of its event on its instrument yet, and
 # whose instrument is known: inserted as it is, whatever write_logs would check.
 _INSERT_IF_FIRST = (
@@ -97,8 +98,7 @@ class StoredLog(NamedTuple):
 
 def select_logs(where: str) -> str:
     """Return ``SELECT <every column> FROM session_log WHERE <where>``, for :class:`StoredLog`."""
-    columns = ", ".join(f'"{c}"' if c == "user" else c for c in LOG_COLUMNS)
-    return f"SELECT {columns} FROM {SESSION_LOG.name} WHERE {where}"
+    return f"SELECT {', '.join(_QUOTED)} FROM {SESSION_LOG.name} WHERE {where}"
 
 
 @dataclass(unsafe_hash=True)
