@@ -44,7 +44,6 @@ import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -322,11 +321,12 @@ class PostgresStore(Store):
 
 def _start_server() -> Any:
     """Start a throwaway PostgreSQL server (its programs from ``pg_config --bindir``)."""
-    from nexusLIMS.db.pytest_plugin import PostgresServer
+    from nexusLIMS.db.pytest_plugin import PostgresServer, postgres_bindir
 
-    bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    server = PostgresServer(Path(bindir))
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL's initdb was not found: install PostgreSQL, or pass --url")
+    server = PostgresServer(bindir)
     try:
         return server.start()
     except BaseException:

@@ -97,7 +97,6 @@ import random
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -1101,18 +1100,13 @@ def pg_connect(url: str) -> psycopg.Connection[Any]:
 
 
 def _bindir() -> Path:
-    """Return the folder of PostgreSQL's server programs (as the pytest plugin finds it)."""
-    try:
-        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
-                               check=True).stdout.strip()
-        if (Path(found) / "initdb").exists() or (Path(found) / "initdb.exe").exists():
-            return Path(found)
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    initdb = shutil.which("initdb")
-    if initdb is None:
+    """Return the folder of PostgreSQL's server programs, as the pytest plugin finds it."""
+    from nexusLIMS.db.pytest_plugin import postgres_bindir
+
+    found = postgres_bindir()
+    if found is None:
         raise SystemExit("PostgreSQL's initdb was not found: install PostgreSQL, or pass --url")
-    return Path(initdb).parent
+    return found
 
 
 @contextmanager

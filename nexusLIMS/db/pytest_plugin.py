@@ -60,6 +60,7 @@ __all__ = [
     "nexuslims_instruments",
     "nexuslims_postgres_db",
     "nexuslims_postgres_server",
+    "postgres_bindir",
 ]
 
 _REQUIRE = "require"
@@ -140,8 +141,8 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _bindir() -> Optional[Path]:
-    """Return the folder of PostgreSQL's server programs, if installed."""
+def postgres_bindir() -> Optional[Path]:
+    """Return the folder of PostgreSQL's server programs (``initdb``, ``pg_ctl``), if installed."""
     try:
         found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
                                check=True).stdout.strip()
@@ -160,7 +161,7 @@ def nexuslims_postgres_server() -> Iterator[str]:
     if setting and setting != _REQUIRE:
         yield setting
         return
-    bindir = _bindir()
+    bindir = postgres_bindir()
     why = "PostgreSQL's initdb was not found (install PostgreSQL, or set " \
           f"{ENV_TEST_POSTGRES} to a server URL)"
     server = None
