@@ -12,9 +12,13 @@ from __future__ import annotations
 import os
 import time
 from datetime import timedelta, timezone
+from pathlib import Path
 from typing import Iterator
 
 import pytest
+from legacy_schema import make_legacy_db
+
+from nexusLIMS.db.samples import add_sample_instruments
 
 #: The local zone ``local_zone_ist`` sets: UTC+05:30, no daylight saving time.
 IST = timezone(timedelta(hours=5, minutes=30))
@@ -36,3 +40,13 @@ def local_zone_ist() -> Iterator[timezone]:
         else:
             os.environ["TZ"] = old
         time.tzset()
+
+
+@pytest.fixture
+def legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An untouched NexusLIMS 1.4 file with the sample instruments, which the environment names."""
+    path = make_legacy_db(tmp_path / "nexuslims_1_4.sqlite")
+    monkeypatch.setenv("nexusLIMS_db_path", str(path))
+    monkeypatch.delenv("NX_DB_PATH", raising=False)
+    add_sample_instruments()
+    return path

@@ -89,3 +89,21 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     """Return the WARNING messages the package logged."""
     return [record.getMessage() for record in caplog.records
             if record.levelno == logging.WARNING and record.name.startswith("nexusLIMS")]
+
+
+#: Tables a backend keeps for itself, beside the NexusLIMS ones.
+BACKEND_TABLES = {"sqlite_sequence", "nexuslims_schema_version"}
+
+
+def describe(database: Any) -> dict[str, Any]:
+    """What a database holds, through the package's backend (both backends)."""
+    with connect(database, begin=None) as conn:
+        backend = conn.backend
+        tables = sorted(backend.table_names(conn) - BACKEND_TABLES)
+        return {
+            "tables": tables,
+            "columns": {table: backend.column_names(conn, table) for table in tables},
+            "indexes": {table: sorted(backend.index_names(conn, table)) for table in tables},
+            "on_delete": backend.on_delete_action(conn, "session_log", "instrument"),
+            "version": backend.schema_version(conn),
+        }

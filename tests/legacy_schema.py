@@ -24,7 +24,7 @@ import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 __all__ = [
     "LEGACY_1_4_INDEX",
@@ -32,6 +32,7 @@ __all__ = [
     "LEGACY_1_4_STATUSES",
     "NEXUSLIMS_2X_COLUMNS",
     "NEXUSLIMS_2X_REVISION",
+    "file_shape",
     "make_2x_db",
     "make_legacy_db",
 ]
@@ -168,3 +169,10 @@ def make_2x_db(path: Union[str, os.PathLike[str]], revision: str = NEXUSLIMS_2X_
                  "TO_BE_BUILT", "alice"),
             )
     return db_path
+
+
+def file_shape(path: Union[str, os.PathLike[str]]) -> tuple[Any, ...]:
+    """Return a SQLite file's schema version and schema objects: unchanged means untouched."""
+    with closing(sqlite3.connect(path)) as conn:
+        return (conn.execute("PRAGMA user_version").fetchall(),
+                conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall())

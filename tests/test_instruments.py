@@ -18,13 +18,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import pytz
 from helpers import JEOL, QUANTA, TITAN, insert_raw, log, row, rows, sql
-from legacy_schema import make_legacy_db
+from legacy_schema import file_shape
 
 import nexusLIMS.instruments as instruments_module
 from nexusLIMS.db import DatabaseConfigError, init_db
 from nexusLIMS.db.config import DatabaseLocation, locate_database
 from nexusLIMS.db.logs import insert_logs
-from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.schema import INSTRUMENTS
 from nexusLIMS.db.sessions import get_sessions_to_build
 from nexusLIMS.instruments import (
@@ -693,23 +692,8 @@ def test_the_environment_names_the_database_of_every_function(
 # --- a NexusLIMS 1.4 file, not migrated ---------------------------------------
 
 
-@pytest.fixture
-def legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = make_legacy_db(tmp_path / "nexuslims_1_4.sqlite")
-    monkeypatch.setenv("nexusLIMS_db_path", str(path))
-    monkeypatch.delenv("NX_DB_PATH", raising=False)
-    add_sample_instruments()
-    return path
-
-
-def _shape(path: Path) -> tuple[Any, ...]:
-    with closing(sqlite3.connect(path)) as conn:
-        return (conn.execute("PRAGMA user_version").fetchall(),
-                conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall())
-
-
 def test_a_1_4_file_takes_instrument_changes_without_migrating(legacy: Path) -> None:
-    shape = _shape(legacy)
+    shape = file_shape(legacy)
     assert set(instrument_db) == {TITAN, QUANTA, JEOL}
     assert instrument_db[TITAN] is instrument_db[TITAN]
     assert get_instr_from_api_url(TITAN_URL) is instrument_db[TITAN]
@@ -730,7 +714,7 @@ def test_a_1_4_file_takes_instrument_changes_without_migrating(legacy: Path) -> 
     assert set(instrument_db) == {"Titan-Renamed", QUANTA, JEOL}
     (session,) = get_sessions_to_build()
     assert session.instrument is instrument_db["Titan-Renamed"]
-    assert _shape(legacy) == shape
+    assert file_shape(legacy) == shape
 
 
 def test_look_ups_in_a_loop_read_the_table_only_after_a_change(

@@ -35,7 +35,7 @@ from helpers import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from legacy_schema import make_legacy_db
+from legacy_schema import file_shape
 from roundtrips import RoundTripCounter
 
 from nexusLIMS.db import make_db_query
@@ -43,7 +43,6 @@ from nexusLIMS.db.config import DatabaseLocation
 from nexusLIMS.db.connection import tracing
 from nexusLIMS.db.enums import EventType, ProblemKind, RecordStatus
 from nexusLIMS.db.logs import SessionLog, StoredLog, insert_logs, log_end, log_start
-from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.schema import init_db
 from nexusLIMS.db.session_handler import get_sessions_to_build
 from nexusLIMS.db.sessions import Session, find_session_problems, set_session_status
@@ -1260,25 +1259,10 @@ def test_the_pairing_index_and_the_scan_agree_on_anything(
 # --- a NexusLIMS 1.4 file, not migrated ---------------------------------------
 
 
-@pytest.fixture
-def legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = make_legacy_db(tmp_path / "nexuslims_1_4.sqlite")
-    monkeypatch.setenv("nexusLIMS_db_path", str(path))
-    monkeypatch.delenv("NX_DB_PATH", raising=False)
-    add_sample_instruments()
-    return path
-
-
-def _shape(path: Path) -> tuple[Any, ...]:
-    with closing(sqlite3.connect(path)) as conn:
-        return (conn.execute("PRAGMA user_version").fetchall(),
-                conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall())
-
-
 def test_a_1_4_file_takes_inserts_same_events_and_revisions_without_migrating(
     legacy: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    shape = _shape(legacy)
+    shape = file_shape(legacy)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         assert log("s1", "START", "2021-05-01T10:00:00", user=None).insert_log() is True
         assert log("s1", "START", "2021-05-01T10:00:00.000", user=None).insert_log() is True
@@ -1302,4 +1286,4 @@ def test_a_1_4_file_takes_inserts_same_events_and_revisions_without_migrating(
         p.kind is not ProblemKind.LATE_REVISION for p in find_session_problems())
     log_start(JEOL, "s3", "zoe", "2021-05-02T09:00:00")
     log_end(JEOL, "s3", at="2021-05-02T10:00:00")
-    assert _shape(legacy) == shape
+    assert file_shape(legacy) == shape

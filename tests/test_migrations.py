@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from helpers import TITAN, log
+from helpers import TITAN, describe, log, sql
 from legacy_schema import (
     LEGACY_1_4_INDEX,
     LEGACY_1_4_STATUSES,
@@ -52,7 +52,6 @@ from nexusLIMS.db.sessions import set_session_status
 COLUMNS = ", ".join(f'"{column}"' for column in LOG_COLUMNS)
 SEQUENCE = 1_000  # the AUTOINCREMENT counter of the legacy file, above its largest id
 BACKUP_NAME = re.compile(r"^legacy\.sqlite\.bak-\d{8}T\d{6}(-\d+)?$")
-BACKEND_TABLES = {"sqlite_sequence", "nexuslims_schema_version"}
 
 #: The schema of this package's previous release (schema version 1), whose
 #: foreign key still cascaded deletes.
@@ -750,17 +749,8 @@ def test_an_index_an_admin_added_is_kept(legacy: Path) -> None:
 
 
 def _pg_state(location: DatabaseLocation) -> dict[str, Any]:
-    with connect(location, begin=None) as conn:
-        backend = conn.backend
-        tables = sorted(backend.table_names(conn) - BACKEND_TABLES)
-        return {
-            "tables": tables,
-            "columns": {table: backend.column_names(conn, table) for table in tables},
-            "indexes": {table: sorted(backend.index_names(conn, table)) for table in tables},
-            "on_delete": backend.on_delete_action(conn, "session_log", "instrument"),
-            "version": backend.schema_version(conn),
-            "rows": conn.fetchall(f"SELECT {COLUMNS} FROM session_log ORDER BY id_session_log"),
-        }
+    return {**describe(location), "rows": sql(
+        f"SELECT {COLUMNS} FROM session_log ORDER BY id_session_log", database=location)}
 
 
 def _set_up_version(location: DatabaseLocation, version: int,

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 import pytz
-from helpers import JEOL, QUANTA, TITAN, log, sql
+from helpers import JEOL, QUANTA, TITAN, describe, log, sql
 from legacy_schema import (
     LEGACY_1_4_INDEX,
     LEGACY_1_4_SCHEMA,
@@ -69,7 +69,6 @@ CONTRACT_EVENTS = {"START", "END", "RECORD_GENERATION"}
 # (event_type, record_status) pairs a CHECK must refuse
 FORBIDDEN = [("STOP", "COMPLETED"), ("start", "COMPLETED"), ("START", "DONE"),
              ("START", "completed"), ("START", "")]
-BACKEND_TABLES = {"sqlite_sequence", "nexuslims_schema_version"}
 HISTORY_MESSAGE = re.compile(
     r"its history would be lost.*UPDATE instruments SET instrument_pid.*"
     r"first delete its session_log rows", re.DOTALL)
@@ -108,20 +107,6 @@ def _snapshot(path: Path) -> tuple[list[tuple[Any, ...]], ...]:
         _query(path, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"),
         _query(path, "PRAGMA user_version"),
     )
-
-
-def describe(database: Any) -> dict[str, Any]:
-    """What a database holds, through the package's backend (both backends)."""
-    with connect(database, begin=None) as conn:
-        backend = conn.backend
-        tables = sorted(backend.table_names(conn) - BACKEND_TABLES)
-        return {
-            "tables": tables,
-            "columns": {table: backend.column_names(conn, table) for table in tables},
-            "indexes": {table: sorted(backend.index_names(conn, table)) for table in tables},
-            "on_delete": backend.on_delete_action(conn, "session_log", "instrument"),
-            "version": backend.schema_version(conn),
-        }
 
 
 def expected_description() -> dict[str, Any]:
