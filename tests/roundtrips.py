@@ -1,11 +1,15 @@
 """Count the round trips between a client and a PostgreSQL server.
 
 :class:`RoundTripCounter` is a loopback TCP proxy in a thread: clients
-connect to its URL, it relays every byte to the server and back, and counts
-a round trip each time the client speaks after the server has answered.
-A client that queues several statements and waits once (psycopg's pipeline
-mode) makes one round trip; one that waits after each statement makes one
-per statement. Used by the tests and by ``benchmarks/bench_sessions.py``.
+connect to its URL, it relays every byte to the server and back, and reads
+the client's side of the conversation message by message. A round trip is a
+message after which the client waits for the server's answer: the start-up,
+a password, a simple ``Query``, a ``Sync`` (the end of a batch of extended
+protocol messages: psycopg's pipeline sends many statements and one Sync),
+a function call and the end of a ``COPY``. Counting messages, not the turns
+seen on the wire, keeps the count exact however the bytes are split: a
+client that queues a ``Flush`` after its Sync has not waited twice. Used by
+the tests and by ``benchmarks/bench_sessions.py``.
 """
 
 from __future__ import annotations
@@ -19,11 +23,49 @@ from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["RoundTripCounter"]
 
+# Messages of the frontend protocol after which the client waits for an answer:
+# Query, Sync, PasswordMessage (and SASL responses), FunctionCall, CopyDone, CopyFail.
+_WAITS = frozenset(b"QSpFcf")
+# Untyped requests before the start-up message (SSLRequest, GSSENCRequest) are
+# answered with one byte; a CancelRequest is answered by closing.
+_PRE_STARTUP = {80877103, 80877104, 80877102}
+
+
+class _ClientStream:
+    """Where the parser stands in what one client has sent."""
+
+    def __init__(self) -> None:
+        self.pending = b""  # an incomplete message header
+        self.body_left = 0  # bytes of the current message still to pass
+        self.started = False  # the start-up message has passed: messages are typed now
+
+    def waits_in(self, chunk: bytes) -> int:
+        """Return how many waiting messages start in ``chunk``."""
+        data, at, waits = self.pending + chunk, 0, 0
+        while True:
+            step = min(self.body_left, len(data) - at)
+            at, self.body_left = at + step, self.body_left - step
+            header = 5 if self.started else 8
+            if self.body_left or len(data) - at < header:
+                break
+            if self.started:
+                waits += data[at] in _WAITS
+                self.body_left = int.from_bytes(data[at + 1:at + 5], "big") - 4
+            else:
+                code = int.from_bytes(data[at + 4:at + 8], "big")
+                self.started = code not in _PRE_STARTUP
+                waits += 1
+                self.body_left = int.from_bytes(data[at:at + 4], "big") - 8
+            at += header
+        self.pending = data[at:]
+        return waits
+
 
 class RoundTripCounter:
     """A counting proxy in front of the server of ``url`` (``postgresql://user@host:port/db``).
 
-    Use as a context manager; :attr:`url` is the same URL through the proxy.
+    Use as a context manager; :attr:`url` is the same URL through the proxy
+    (without TLS, so that the proxy can read the messages).
     """
 
     def __init__(self, url: str) -> None:
@@ -32,8 +74,9 @@ class RoundTripCounter:
         self._listener = socket.create_server(("127.0.0.1", 0))
         port = self._listener.getsockname()[1]
         netloc = f"{parts.username}@" if parts.username else ""
+        query = "&".join(filter(None, [parts.query, "sslmode=disable&gssencmode=disable"]))
         self.url = urlunsplit((parts.scheme, f"{netloc}127.0.0.1:{port}", parts.path,
-                               parts.query, parts.fragment))
+                               query, parts.fragment))
         self._lock = threading.Lock()
         self._count = 0
         self._stop = threading.Event()
@@ -63,32 +106,29 @@ class RoundTripCounter:
         selector = selectors.DefaultSelector()
         self._listener.setblocking(False)
         selector.register(self._listener, selectors.EVENT_READ, None)
-        # Each client socket maps to [its server socket, whether the server spoke last].
-        pairs: dict[socket.socket, tuple[socket.socket, list[bool]]] = {}
         try:
             while not self._stop.is_set():
                 for key, _ in selector.select(timeout=0.05):
                     if key.data is None:
                         client, _ = self._listener.accept()
                         server = socket.create_connection(self._server)
-                        state = [True]  # the server speaks first (after the start-up)
-                        pairs[client] = (server, state)
-                        for sock, data in ((client, (server, state, True)),
-                                           (server, (client, state, False))):
+                        for sock, data in ((client, (server, _ClientStream())),
+                                           (server, (client, None))):
                             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                             selector.register(sock, selectors.EVENT_READ, data)
                         continue
-                    peer, state, from_client = key.data
-                    chunk = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    peer, stream = key.data
+                    source: socket.socket = key.fileobj  # type: ignore[assignment]
+                    chunk = source.recv(65536)
                     if not chunk:
-                        for sock in (key.fileobj, peer):
+                        for sock in (source, peer):
                             selector.unregister(sock)
-                            sock.close()  # type: ignore[union-attr]
+                            sock.close()
                         continue
-                    if from_client and state[0]:
+                    if stream is not None:  # counted before it is relayed, so before any answer
+                        waits = stream.waits_in(chunk)
                         with self._lock:
-                            self._count += 1
-                    state[0] = not from_client
+                            self._count += waits
                     peer.sendall(chunk)
         finally:
             for key in list(selector.get_map().values()):
