@@ -225,6 +225,40 @@ def test_insert_returns_the_new_ids_as_ints(
         zip(ids, ["s0", "s1", "s2"]))
 
 
+def test_insert_rows_stores_any_text_exactly_and_is_traced_as_an_insert(
+    nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument]
+) -> None:
+    # Text that a bulk path (PostgreSQL's COPY) must escape: tabs, newlines,
+    # backslashes, the text \N (not NULL), quotes, non-ASCII; and real NULLs.
+    awkward = ["tab\there", "two\nlines", "back\\slash", "\\N", "it's \"quoted\"",
+               "Zürich µm 電子", ""]
+    columns = ["session_identifier", "instrument", "timestamp", "event_type", "record_status",
+               '"user"']
+    batch = [(f"s{n}", TITAN, "2021-05-01T10:00:00", "START", "TO_BE_BUILT", user)
+             for n, user in enumerate([*awkward, None])]
+    trace = Trace()
+    with tracing(trace), connect(begin="IMMEDIATE") as conn:
+        conn.insert_rows("session_log", columns, batch)
+        conn.insert_rows("session_log", columns, [])  # nothing to do: no statement
+    assert trace.kinds("executemany") == [(
+        "executemany", 'INSERT INTO session_log (session_identifier, instrument, timestamp, '
+                       'event_type, record_status, "user") VALUES (?, ?, ?, ?, ?, ?)')]
+    assert [(r.session_identifier, r.user) for r in rows()] == [(b[0], b[5]) for b in batch]
+
+
+def test_insert_rows_refused_by_the_database_raises_as_an_insert_would(
+    nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument]
+) -> None:
+    columns = ["session_identifier", "instrument", "event_type"]
+    good, ghost = ("a", TITAN, "START"), ("b", "GHOST", "START")
+    with pytest.raises(_integrity(nexuslims_database)), connect(begin="IMMEDIATE") as conn:
+        conn.insert_rows("session_log", columns, [good, ghost])
+    with pytest.raises(_integrity(nexuslims_database)), connect(begin="IMMEDIATE") as conn:
+        conn.executemany("INSERT INTO session_log (session_identifier, instrument, event_type) "
+                         "VALUES (?, ?, ?)", [good, ghost])
+    assert rows() == []
+
+
 def test_fetch_helpers_and_placeholders(
     nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument]
 ) -> None:

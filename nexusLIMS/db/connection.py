@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Union
 
-from nexusLIMS.db.backends import Backend, Begin, backend_for
+from nexusLIMS.db.backends import Backend, Begin, backend_for, insert_statement
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database, lock_timeout
 
 __all__ = [
@@ -120,6 +120,20 @@ class Connection:
         self._trace("executemany", sql)
         with self._explaining():
             self.backend.executemany(self, sql, rows)
+
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert ``rows`` into ``table``: as an ``executemany`` of one ``INSERT``, only faster.
+
+        ``columns`` are spelt as SQL needs them (``'"user"'``). Traced as that
+        ``INSERT``; PostgreSQL runs a ``COPY``.
+        """
+        if not rows:
+            return
+        self._trace("executemany", insert_statement(table, columns))
+        with self._explaining():
+            self.backend.insert_rows(self, table, columns, rows)
 
     def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """Run a query and return all its rows as tuples."""

@@ -365,7 +365,11 @@ def check_text(value: object, what: str, *, blank: bool = False) -> None:
     """
     if not isinstance(value, str) or (not blank and not value.strip()):
         raise ValueError(f"Invalid {what} {value!r}; expected a non-blank string")
-    if any(unicodedata.category(char) in ("Cc", "Cf") for char in value):
+    # isprintable() is False for every Cc and Cf character (and for a few
+    # more, such as non-ASCII spaces): the quick test first, the exact one if it fails.
+    if not value.isprintable() and any(
+        unicodedata.category(char) in ("Cc", "Cf") for char in value
+    ):
         raise ValueError(f"Invalid {what} {value!r}; control characters are not allowed")
 
 

@@ -68,7 +68,6 @@ logger = logging.getLogger("nexusLIMS.db.session_handler")
 
 #: The columns of ``session_log``, in table order (what ``SELECT *`` returns).
 LOG_COLUMNS = SESSION_LOG.column_names
-_CHUNK = 500  # identifiers per look-up, below the oldest SQLite limit of 999 parameters
 _START, _END = EventType.START.value, EventType.END.value
 _TBB = RecordStatus.TO_BE_BUILT.value
 _QUOTED = [f'"{c}"' if c == "user" else c for c in LOG_COLUMNS]  # "user" is a keyword
@@ -240,17 +239,14 @@ def _checked_row(log: SessionLog) -> StoredLog:
 
 
 def logs_of(conn: Connection, identifiers: list[str]) -> list[StoredLog]:
-    """Return every stored log of the sessions ``identifiers``, through the identifier index.
+    """Return every stored log of the sessions ``identifiers`` (distinct), through their index.
 
     By identifier alone, so that every planner takes that index (a session
     has few logs); callers filter statuses and events themselves.
     """
     rows: list[StoredLog] = []
-    for first in range(0, len(identifiers), _CHUNK):
-        chunk = identifiers[first : first + _CHUNK]
-        marks = ", ".join("?" * len(chunk))
-        rows.extend(StoredLog(*row) for row in conn.fetchall(
-            select_logs(f"session_identifier IN ({marks})"), chunk))
+    for condition, params in conn.backend.in_values("session_identifier", identifiers):
+        rows.extend(StoredLog(*row) for row in conn.fetchall(select_logs(condition), params))
     return rows
 
 
@@ -297,11 +293,7 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
             result.revised += 1
         else:
             late.append((max(known, key=lambda log: log.id_session_log), row))
-    conn.executemany(
-        f"INSERT INTO {SESSION_LOG.name} ({_WRITTEN}) "
-        f"VALUES ({', '.join('?' * (len(LOG_COLUMNS) - 1))})",
-        [row[1:] for row in inserts],
-    )
+    conn.insert_rows(SESSION_LOG.name, _QUOTED[1:], [row[1:] for row in inserts])
     conn.executemany(
         f'UPDATE {SESSION_LOG.name} SET timestamp = ?, "user" = ? WHERE id_session_log = ?',
         [(timestamp, user, log_id) for log_id, (timestamp, user) in updates.items()],

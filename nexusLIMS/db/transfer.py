@@ -171,15 +171,13 @@ def _copy_table(src: Connection, dst: Connection, table: Table,
                 progress: Optional[Progress]) -> TableCopy:
     """Copy one table in chunks, then check the target's rows against the source's."""
     total = int(src.scalar(f"SELECT count(*) FROM {table.name}"))
-    columns = ", ".join(f'"{c}"' for c in table.column_names)
-    insert = (f"INSERT INTO {table.name} ({columns}) "
-              f"VALUES ({', '.join('?' * len(table.column_names))})")
+    columns = [f'"{c}"' for c in table.column_names]
     sent = hashlib.sha256()
     done = 0
     cursor = src.execute(_select(table))
     while rows := cursor.fetchmany(_CHUNK):
         _digest(rows, sent)
-        dst.executemany(insert, [tuple(row) for row in rows])
+        dst.insert_rows(table.name, columns, [tuple(row) for row in rows])
         done += len(rows)
         if progress is not None:
             progress(table.name, done, total)

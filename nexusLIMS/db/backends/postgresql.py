@@ -255,6 +255,19 @@ class _PostgreSQL:
         with conn.raw.cursor() as cursor:
             cursor.executemany(native_sql(sql), rows)
 
+    def insert_rows(
+        self, conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        # COPY: one stream of rows, checked as INSERTs are, at a fraction of their cost.
+        with conn.raw.cursor() as cursor, \
+                cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def in_values(self, column: str, values: Sequence[Any]) -> list[tuple[str, Sequence[Any]]]:
+        # One array parameter: one short statement to plan, however many values.
+        return [(f"{column} = ANY(?)", (list(values),))]
+
     def insert_id(self, conn: Connection, sql: str, params: Any, key: str) -> int:
         row = conn.raw.execute(native_sql(f"{sql} RETURNING {key}"), params).fetchone()
         return int(row[0])

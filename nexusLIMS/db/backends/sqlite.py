@@ -17,6 +17,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 from urllib.parse import quote
 
+from nexusLIMS.db.backends import insert_statement
 from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout
 from nexusLIMS.db.config import Backend as BackendName
 
@@ -33,6 +34,7 @@ BUSY_SLICE = 0.0
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.0005, 0.01
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 _MAX_MS = 2**31 - 1  # the largest wait SQLite takes, in milliseconds
+_IN_LIST = 500  # values per IN list, below the oldest SQLite limit of 999 parameters
 T = TypeVar("T")
 
 
@@ -151,6 +153,15 @@ class _SQLite:
 
     def executemany(self, conn: Connection, sql: str, rows: Sequence[Any]) -> None:
         conn.raw.executemany(sql, rows)
+
+    def insert_rows(
+        self, conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        conn.raw.executemany(insert_statement(table, columns), rows)
+
+    def in_values(self, column: str, values: Sequence[Any]) -> list[tuple[str, Sequence[Any]]]:
+        chunks = [values[first:first + _IN_LIST] for first in range(0, len(values), _IN_LIST)]
+        return [(f"{column} IN ({', '.join('?' * len(chunk))})", chunk) for chunk in chunks]
 
     def insert_id(self, conn: Connection, sql: str, params: Any, key: str) -> int:
         cursor = conn.execute(sql, params)
