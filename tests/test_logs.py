@@ -40,9 +40,9 @@ from roundtrips import RoundTripCounter
 
 from nexusLIMS.db import make_db_query
 from nexusLIMS.db.config import DatabaseLocation
-from nexusLIMS.db.connection import tracing
+from nexusLIMS.db.connection import connect, tracing
 from nexusLIMS.db.enums import EventType, ProblemKind, RecordStatus
-from nexusLIMS.db.logs import SessionLog, StoredLog, insert_logs, log_end, log_start
+from nexusLIMS.db.logs import SessionLog, StoredLog, insert_logs, log_end, log_start, logs_of
 from nexusLIMS.db.schema import init_db
 from nexusLIMS.db.session_handler import get_sessions_to_build
 from nexusLIMS.db.sessions import Session, find_session_problems, set_session_status
@@ -648,6 +648,19 @@ def test_duplicates_are_found_across_many_look_ups(
     mixed = [entry for pair in zip(old[::-1], old) for entry in pair] + new + old[:7]
     assert insert_logs(mixed) == len(new)
     assert len(rows()) == 1234 + len(new)
+
+
+def test_logs_of_finds_each_log_of_many_sessions_once(
+    nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument]
+) -> None:
+    insert_logs([log(f"s{n}", event, "2021-05-01T10:00:00")
+                 for n in range(1234) for event in ("START", "END")])
+    wanted = [f"s{n}" for n in range(0, 1234, 2)] + ["nothing-here"]
+    with connect() as conn:
+        found = logs_of(conn, wanted)
+        assert logs_of(conn, []) == []
+    assert sorted(found) == sorted(r for r in rows() if r.session_identifier in wanted)
+    assert len(found) == 2 * 617
 
 
 def test_enum_and_datetime_fields_are_stored_as_text(

@@ -266,7 +266,7 @@ class _PostgreSQL:
 
     def in_values(self, column: str, values: Sequence[Any]) -> list[tuple[str, Sequence[Any]]]:
         # One array parameter: one short statement to plan, however many values.
-        return [(f"{column} = ANY(?)", (list(values),))]
+        return [(f"{column} = ANY(?)", (list(values),))] if values else []
 
     def insert_id(self, conn: Connection, sql: str, params: Any, key: str) -> int:
         row = conn.raw.execute(native_sql(f"{sql} RETURNING {key}"), params).fetchone()
