@@ -215,9 +215,11 @@ def test_insert_returns_the_new_ids_as_ints(
 ) -> None:
     insert = ("INSERT INTO session_log (session_identifier, instrument, timestamp, event_type, "
               "record_status) VALUES (?, ?, ?, ?, ?)")
-    with connect(begin="IMMEDIATE") as conn:
+    trace = Trace()
+    with tracing(trace), connect(begin="IMMEDIATE") as conn:
         ids = [conn.insert(insert, (f"s{i}", TITAN, "2021-05-01T10:00:00", "START",
                                     "TO_BE_BUILT"), key="id_session_log") for i in range(3)]
+    assert [s for s in trace.statements if s.startswith("INSERT")] == [insert] * 3  # once each
     assert all(type(i) is int for i in ids)
     assert ids == sorted(ids)
     assert len(set(ids)) == 3

@@ -153,7 +153,7 @@ class Connection:
         """Run an INSERT of one row and return its ``key`` column (its generated id)."""
         self._trace("execute", sql)
         with self._explaining():
-            return self.backend.insert_id(self, sql, params, key)
+            return self.backend.insert_id(self, sql, params, key, self._timeout)
 
     def write_alone(self, sql: str, params: Params = (), *, mode: str = "IMMEDIATE") -> int:
         """Run one writing statement as a whole transaction; return the rows it changed.

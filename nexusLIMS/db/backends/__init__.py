@@ -89,7 +89,7 @@ class Backend(Protocol):
         row whose ``column`` is one of ``values`` exactly once (for distinct ``values``).
         """
 
-    def insert_id(self, conn: Connection, sql: str, params: Any, key: str) -> int:
+    def insert_id(self, conn: Connection, sql: str, params: Any, key: str, timeout: float) -> int:
         """Run an INSERT of one row and return the value of its ``key`` column."""
 
     def in_transaction(self, raw: Any) -> bool:

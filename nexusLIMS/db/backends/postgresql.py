@@ -268,7 +268,7 @@ class _PostgreSQL:
         # One array parameter: one short statement to plan, however many values.
         return [(f"{column} = ANY(?)", (list(values),))] if values else []
 
-    def insert_id(self, conn: Connection, sql: str, params: Any, key: str) -> int:
+    def insert_id(self, conn: Connection, sql: str, params: Any, key: str, timeout: float) -> int:
         row = conn.raw.execute(native_sql(f"{sql} RETURNING {key}"), params).fetchone()
         return int(row[0])
 

@@ -163,8 +163,8 @@ class _SQLite:
         chunks = [values[first:first + _IN_LIST] for first in range(0, len(values), _IN_LIST)]
         return [(f"{column} IN ({', '.join('?' * len(chunk))})", chunk) for chunk in chunks]
 
-    def insert_id(self, conn: Connection, sql: str, params: Any, key: str) -> int:
-        cursor = conn.execute(sql, params)
+    def insert_id(self, conn: Connection, sql: str, params: Any, key: str, timeout: float) -> int:
+        cursor = self.execute(conn, sql, params, timeout)
         assert cursor.lastrowid is not None  # an INSERT of one row always sets it
         return int(cursor.lastrowid)
 
