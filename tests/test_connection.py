@@ -227,13 +227,15 @@ def test_insert_returns_the_new_ids_as_ints(
         zip(ids, ["s0", "s1", "s2"]))
 
 
+@pytest.mark.parametrize("plain", [0, 150], ids=["a few rows", "a bulk of rows"])
 def test_insert_rows_stores_any_text_exactly_and_is_traced_as_an_insert(
-    nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument]
+    nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument],
+    plain: int,
 ) -> None:
-    # Text that a bulk path (PostgreSQL's COPY) must escape: tabs, newlines,
-    # backslashes, the text \N (not NULL), quotes, non-ASCII; and real NULLs.
+    # Text that a bulk path (PostgreSQL's COPY, for many rows) must escape: tabs,
+    # newlines, backslashes, the text \N (not NULL), quotes, non-ASCII; and real NULLs.
     awkward = ["tab\there", "two\nlines", "back\\slash", "\\N", "it's \"quoted\"",
-               "Zürich µm 電子", ""]
+               "Zürich µm 電子", "", *(f"user {n}" for n in range(plain))]
     columns = ["session_identifier", "instrument", "timestamp", "event_type", "record_status",
                '"user"']
     batch = [(f"s{n}", TITAN, "2021-05-01T10:00:00", "START", "TO_BE_BUILT", user)
@@ -248,17 +250,21 @@ def test_insert_rows_stores_any_text_exactly_and_is_traced_as_an_insert(
     assert [(r.session_identifier, r.user) for r in rows()] == [(b[0], b[5]) for b in batch]
 
 
+@pytest.mark.parametrize("good", [1, 150], ids=["a few rows", "a bulk of rows"])
 def test_insert_rows_refused_by_the_database_raises_as_an_insert_would(
-    nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument]
+    nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument],
+    good: int,
 ) -> None:
     columns = ["session_identifier", "instrument", "event_type"]
-    good, ghost = ("a", TITAN, "START"), ("b", "GHOST", "START")
+    batch = [*((f"s{n}", TITAN, "START") for n in range(good)), ("ghost", "GHOST", "START")]
     with pytest.raises(_integrity(nexuslims_database)), connect(begin="IMMEDIATE") as conn:
-        conn.insert_rows("session_log", columns, [good, ghost])
+        conn.insert_rows("session_log", columns, batch)
     with pytest.raises(_integrity(nexuslims_database)), connect(begin="IMMEDIATE") as conn:
         conn.executemany("INSERT INTO session_log (session_identifier, instrument, event_type) "
-                         "VALUES (?, ?, ?)", [good, ghost])
+                         "VALUES (?, ?, ?)", batch)
     assert rows() == []
+    insert_logs([log("after", "START", "2021-05-01T10:00:00")])  # the pool's connection works
+    assert [r.session_identifier for r in rows()] == ["after"]
 
 
 def test_fetch_helpers_and_placeholders(

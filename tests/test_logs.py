@@ -717,6 +717,23 @@ def test_insert_log_is_one_round_trip_to_a_server(
         assert len(rows()) == 4
 
 
+def test_insert_logs_round_trips_do_not_grow_with_the_batch(
+    nexuslims_postgres_db: DatabaseLocation, nexuslims_instruments: dict[str, Instrument],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with RoundTripCounter(nexuslims_postgres_db.target) as proxy:
+        monkeypatch.setenv("nexusLIMS_db_path", proxy.url)
+        insert_logs([log("warm", "START", "2021-05-01T09:00:00")])
+        counts = []
+        for size in (1, 10, 99):
+            proxy.reset()
+            assert insert_logs([log(f"b{size}-{n}", "START", "2021-05-01T10:00:00")
+                                for n in range(size)]) == size
+            counts.append(proxy.round_trips)
+    # Begin, the instruments, the stored logs of the batch, the inserts, commit.
+    assert counts == [5, 5, 5]
+
+
 def test_insert_logs_is_one_transaction_and_a_failed_one_rolls_back(
     nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument]
 ) -> None:

@@ -26,6 +26,7 @@ from psycopg.pq import ConnStatus, TransactionStatus
 from sqlglot import TokenType
 from sqlglot.dialects.postgres import Postgres
 
+from nexusLIMS.db.backends import insert_statement
 from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout
 from nexusLIMS.db.config import Backend as BackendName
 from nexusLIMS.db.errors import DatabaseConfigError, DatabaseUnavailableError
@@ -41,6 +42,9 @@ _VERSION_TABLE = "nexuslims_schema_version"
 _POOL_SIZE = 4
 _QUOTED = frozenset({TokenType.STRING, TokenType.IDENTIFIER, TokenType.NATIONAL_STRING})
 _MAX_MS = 2**31 - 1  # the largest lock_timeout PostgreSQL takes, in milliseconds
+# Rows from which a COPY (two round trips, then a stream) beats an executemany
+# (one pipelined round trip, then a statement per row).
+_COPY_FROM = 100
 _ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL",
               "d": "SET DEFAULT"}
 
@@ -258,6 +262,9 @@ class _PostgreSQL:
     def insert_rows(
         self, conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
+        if len(rows) < _COPY_FROM:
+            self.executemany(conn, insert_statement(table, columns), rows)
+            return
         # COPY: one stream of rows, checked as INSERTs are, at a fraction of their cost.
         with conn.raw.cursor() as cursor, \
                 cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
