@@ -6,10 +6,11 @@ the client's side of the conversation message by message. A round trip is a
 message after which the client waits for the server's answer: the start-up,
 a password, a simple ``Query``, a ``Sync`` (the end of a batch of extended
 protocol messages: psycopg's pipeline sends many statements and one Sync),
-a function call and the end of a ``COPY``. Counting messages, not the turns
-seen on the wire, keeps the count exact however the bytes are split: a
-client that queues a ``Flush`` after its Sync has not waited twice. Used by
-the tests and by ``benchmarks/bench_sessions.py``.
+a function call, the end of a ``COPY``, and a ``Flush`` that asks for the
+answers so far (one right after a Sync is part of the Sync's wait).
+Counting messages, not the turns seen on the wire, keeps the count exact
+however the bytes are split. Used by the tests and by
+``benchmarks/bench_sessions.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ __all__ = ["RoundTripCounter"]
 # Messages of the frontend protocol after which the client waits for an answer:
 # Query, Sync, PasswordMessage (and SASL responses), FunctionCall, CopyDone, CopyFail.
 _WAITS = frozenset(b"QSpFcf")
+# A Flush asks for the answers so far: a wait, unless it only follows a Sync
+# (whose answer the client waits for anyway) or another Flush.
+_FLUSH, _FLUSHED = ord("H"), frozenset(b"SH")
 # Untyped requests before the start-up message (SSLRequest, GSSENCRequest) are
 # answered with one byte; a CancelRequest is answered by closing.
 _PRE_STARTUP = {80877103, 80877104, 80877102}
@@ -38,6 +42,7 @@ class _ClientStream:
         self.pending = b""  # an incomplete message header
         self.body_left = 0  # bytes of the current message still to pass
         self.started = False  # the start-up message has passed: messages are typed now
+        self.previous = 0  # the type of the last typed message
 
     def waits_in(self, chunk: bytes) -> int:
         """Return how many waiting messages start in ``chunk``."""
@@ -49,7 +54,9 @@ class _ClientStream:
             if self.body_left or len(data) - at < header:
                 break
             if self.started:
-                waits += data[at] in _WAITS
+                kind = data[at]
+                waits += kind in _WAITS or (kind == _FLUSH and self.previous not in _FLUSHED)
+                self.previous = kind
                 self.body_left = int.from_bytes(data[at + 1:at + 5], "big") - 4
             else:
                 code = int.from_bytes(data[at + 4:at + 8], "big")
@@ -76,7 +83,7 @@ class RoundTripCounter:
         netloc = f"{parts.username}@" if parts.username else ""
         query = "&".join(filter(None, [parts.query, "sslmode=disable&gssencmode=disable"]))
         self.url = urlunsplit((parts.scheme, f"{netloc}127.0.0.1:{port}", parts.path,
-                               query, parts.fragment))
+                               query, ""))
         self._lock = threading.Lock()
         self._count = 0
         self._stop = threading.Event()

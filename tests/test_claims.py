@@ -769,6 +769,8 @@ def test_eight_builders_build_every_session_once_and_faster(
     finished: Counter[str] = Counter()
     speedups: list[float] = []
     with on_tmpfs(database, monkeypatch) as fast_storage:
+        # One CPU alone could not show the design's speed-up.
+        measured = fast_storage and (os.cpu_count() or 1) >= 2
         for attempt in range(2):
             alone = [f"alone-{attempt}-{n:04d}" for n in range(250)]
             add_sessions(alone)
@@ -786,11 +788,10 @@ def test_eight_builders_build_every_session_once_and_faster(
             with capsys.disabled():
                 print(f"\n[{database.backend}] 1 builder: {rate(one):.0f} sessions/s, "
                       f"8 builders: {rate(eight):.0f} sessions/s, speed-up {speedups[-1]:.2f}x")
-            if speedups[-1] >= 4:
+            if speedups[-1] >= 4 or not measured:
                 break
     record_property("speedup", round(max(speedups), 2))
-    # One CPU alone could not show the design's speed-up.
-    if fast_storage and (os.cpu_count() or 1) >= 2:
+    if measured:
         assert max(speedups) >= 4
 
 

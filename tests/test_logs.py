@@ -717,7 +717,7 @@ def test_insert_log_is_one_round_trip_to_a_server(
         assert len(rows()) == 4
 
 
-def test_insert_logs_round_trips_do_not_grow_with_the_batch(
+def test_insert_logs_takes_a_few_round_trips_whatever_the_batch(
     nexuslims_postgres_db: DatabaseLocation, nexuslims_instruments: dict[str, Instrument],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -725,13 +725,14 @@ def test_insert_logs_round_trips_do_not_grow_with_the_batch(
         monkeypatch.setenv("nexusLIMS_db_path", proxy.url)
         insert_logs([log("warm", "START", "2021-05-01T09:00:00")])
         counts = []
-        for size in (1, 10, 99):
+        for size in (1, 10, 99, 150):
             proxy.reset()
             assert insert_logs([log(f"b{size}-{n}", "START", "2021-05-01T10:00:00")
                                 for n in range(size)]) == size
             counts.append(proxy.round_trips)
-    # Begin, the instruments, the stored logs of the batch, the inserts, commit.
-    assert counts == [5, 5, 5]
+    # Begin, the instruments, the stored logs of the batch, the inserts, commit;
+    # from a hundred rows the inserts are a COPY, which takes two.
+    assert counts == [5, 5, 5, 6]
 
 
 def test_insert_logs_is_one_transaction_and_a_failed_one_rolls_back(

@@ -7,7 +7,8 @@ import pytest
 from roundtrips import RoundTripCounter, _ClientStream
 
 # A start-up message (protocol 3.0, user "u"), then Parse, Bind, Execute, Sync,
-# Flush, then a simple Query: two waits after the start-up.
+# Flush (part of the Sync's wait), a simple Query, then Parse, Bind, Execute,
+# Flush, Flush (one wait): three waits after the start-up.
 _STARTUP = (len(b"user\0u\0\0") + 8).to_bytes(4, "big") + (196608).to_bytes(4, "big") \
     + b"user\0u\0\0"
 
@@ -20,16 +21,18 @@ _CONVERSATION = _STARTUP + b"".join([
     _message(b"P", b"\0SELECT 1\0\0\0"), _message(b"B", b"\0\0" + bytes(6)),
     _message(b"E", b"\0" + bytes(4)), _message(b"S"), _message(b"H"),
     _message(b"Q", b"SELECT 1\0"),
+    _message(b"P", b"\0SELECT 2\0\0\0"), _message(b"B", b"\0\0" + bytes(6)),
+    _message(b"E", b"\0" + bytes(4)), _message(b"H"), _message(b"H"),
 ])
 
 
 def test_the_parser_counts_the_same_however_the_bytes_are_split() -> None:
     whole = _ClientStream()
-    assert whole.waits_in(_CONVERSATION) == 3  # start-up, Sync, Query
+    assert whole.waits_in(_CONVERSATION) == 4  # start-up, Sync, Query, Flush
     for size in (1, 2, 3, 7):
         stream = _ClientStream()
         chunks = [_CONVERSATION[at:at + size] for at in range(0, len(_CONVERSATION), size)]
-        assert sum(stream.waits_in(chunk) for chunk in chunks) == 3
+        assert sum(stream.waits_in(chunk) for chunk in chunks) == 4
         assert stream.pending == b""
         assert stream.body_left == 0
 
@@ -58,6 +61,11 @@ def test_statements_waited_for_one_by_one_count_one_each_and_a_pipeline_counts_o
         assert [c.fetchone() for c in cursors] == [(n,) for n in range(5)]
         assert proxy.round_trips == 1
         proxy.reset()
+        with conn.pipeline():  # a result read inside the pipeline: a Flush, and a wait
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+        assert proxy.round_trips == 3
+        proxy.reset()
         with conn.transaction():
             conn.execute("SELECT 1")
         assert proxy.round_trips == 3  # BEGIN, SELECT, COMMIT
@@ -65,7 +73,7 @@ def test_statements_waited_for_one_by_one_count_one_each_and_a_pipeline_counts_o
 
 @pytest.mark.parametrize("url_end", ["", "?application_name=x"])
 def test_the_proxy_url_keeps_the_query_and_turns_tls_off(url_end: str) -> None:
-    with RoundTripCounter(f"postgresql://alice@db.example.org:6543/lims{url_end}") as proxy:
+    with RoundTripCounter(f"postgresql://alice@db.example.org:6543/lims{url_end}#x") as proxy:
         assert proxy.url.startswith("postgresql://alice@127.0.0.1:")
         assert proxy.url.endswith(f"/lims{url_end}{'&' if url_end else '?'}"
                                   "sslmode=disable&gssencmode=disable")

@@ -127,7 +127,7 @@ class Connection:
         """Insert ``rows`` into ``table``: as an ``executemany`` of one ``INSERT``, only faster.
 
         ``columns`` are spelt as SQL needs them (``'"user"'``). Traced as that
-        ``INSERT``; PostgreSQL runs a ``COPY``.
+        ``INSERT``; PostgreSQL runs a ``COPY`` for a hundred rows or more.
         """
         if not rows:
             return

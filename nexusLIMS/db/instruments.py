@@ -365,8 +365,8 @@ def check_text(value: object, what: str, *, blank: bool = False) -> None:
     """
     if not isinstance(value, str) or (not blank and not value.strip()):
         raise ValueError(f"Invalid {what} {value!r}; expected a non-blank string")
-    # isprintable() is False for every Cc and Cf character (and for a few
-    # more, such as non-ASCII spaces): the quick test first, the exact one if it fails.
+    # isprintable() is False for every Cc and Cf character (and for other
+    # categories too, such as non-ASCII spaces): the quick test first, the exact one if it fails.
     if not value.isprintable() and any(
         unicodedata.category(char) in ("Cc", "Cf") for char in value
     ):

@@ -79,7 +79,9 @@ class Backend(Protocol):
     ) -> None:
         """Insert ``rows`` (values of ``columns``, names as SQL spells them) the fastest way.
 
-        The same rows, checks and errors as :func:`insert_statement` run once per row.
+        The same checks as :func:`insert_statement` run once per row, and errors
+        of the same classes for rows the database refuses. Values are strings,
+        numbers or None (a bulk path may write other types differently).
         """
 
     def in_values(self, column: str, values: Sequence[Any]) -> list[tuple[str, Sequence[Any]]]:
