@@ -7,8 +7,13 @@ both backends, through the package's own connection helper.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
@@ -107,3 +112,25 @@ def describe(database: Any) -> dict[str, Any]:
             "on_delete": backend.on_delete_action(conn, "session_log", "instrument"),
             "version": backend.schema_version(conn),
         }
+
+
+@dataclass
+class Templates:
+    """A database file copied for each example of a property test."""
+
+    template: Path
+    folder: Path
+    counter: Iterator[int] = field(default_factory=itertools.count)
+
+    @contextlib.contextmanager
+    def fresh(self, **env: str) -> Iterator[Path]:
+        """A new copy of the template, named by the environment (plus ``env``)."""
+        path = Path(shutil.copy(self.template, self.folder / f"db{next(self.counter)}.sqlite"))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("nexusLIMS_db_path", str(path))
+            patch.delenv("NX_DB_PATH", raising=False)
+            patch.delenv("nexusLIMS_db_mark_after", raising=False)
+            for name, value in env.items():
+                patch.setenv(name, value)
+            yield path
+        path.unlink()

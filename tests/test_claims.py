@@ -24,7 +24,6 @@ on the clock beyond that.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import multiprocessing
 import os
@@ -44,7 +43,18 @@ from typing import Any, Optional
 
 import claim_workers
 import pytest
-from helpers import JEOL, QUANTA, TITAN, insert_raw, row, rows, session_key, sql, warnings
+from helpers import (
+    JEOL,
+    QUANTA,
+    TITAN,
+    Templates,
+    insert_raw,
+    row,
+    rows,
+    session_key,
+    sql,
+    warnings,
+)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from legacy_schema import make_legacy_db
@@ -980,24 +990,6 @@ def run_model(ops: list[tuple[Any, ...]]) -> None:
     for operation in ops:
         step(model, operation)
         check(model)
-
-
-@dataclass
-class Templates:
-    """A database with the sessions of the property test, copied for each example."""
-
-    template: Path
-    folder: Path
-    counter: Iterator[int] = field(default_factory=itertools.count)
-
-    @contextlib.contextmanager
-    def fresh(self) -> Iterator[Path]:
-        path = Path(shutil.copy(self.template, self.folder / f"db{next(self.counter)}.sqlite"))
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(ENV_DB_PATH, str(path))
-            patch.delenv("NX_DB_PATH", raising=False)
-            yield path
-        path.unlink()
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,12 @@ goes to PostgreSQL. Also: stored timestamps read back as written.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import re
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Optional
 from zoneinfo import ZoneInfo
 
@@ -37,6 +34,7 @@ from helpers import (
     QUANTA,
     TITAN,
     Row,
+    Templates,
     insert_raw,
     log,
     session_key,
@@ -218,28 +216,6 @@ def databases(draw: st.DrawFn, max_rows: int = 6, max_pairs: int = 5) -> list[Ro
 
 
 # --- databases for the examples ----------------------------------------------------------
-
-
-@dataclass
-class Templates:
-    """An empty database with the sample instruments, copied for each example."""
-
-    template: Path
-    folder: Path
-    counter: Iterator[int] = field(default_factory=itertools.count)
-
-    @contextlib.contextmanager
-    def fresh(self, **env: str) -> Iterator[Path]:
-        """A new copy of the template, named by the environment (plus ``env``)."""
-        path = Path(shutil.copy(self.template, self.folder / f"db{next(self.counter)}.sqlite"))
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("nexusLIMS_db_path", str(path))
-            patch.delenv("NX_DB_PATH", raising=False)
-            patch.delenv("nexusLIMS_db_mark_after", raising=False)
-            for name, value in env.items():
-                patch.setenv(name, value)
-            yield path
-        path.unlink()
 
 
 @pytest.fixture(scope="module")
