@@ -699,37 +699,39 @@ def test_insert_log_of_a_first_event_is_one_statement_in_one_immediate_transacti
     assert len(rows()) == 1
 
 
-def test_insert_log_is_one_round_trip_to_a_server(
+@pytest.fixture
+def proxy(
     nexuslims_postgres_db: DatabaseLocation, nexuslims_instruments: dict[str, Instrument],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    with RoundTripCounter(nexuslims_postgres_db.target) as proxy:
-        monkeypatch.setenv("nexusLIMS_db_path", proxy.url)
+) -> Iterator[RoundTripCounter]:
+    """The test server behind a round-trip counter, named by the environment, warmed up."""
+    with RoundTripCounter(nexuslims_postgres_db.target) as counter:
+        monkeypatch.setenv("nexusLIMS_db_path", counter.url)
         log("warm", "START", "2021-05-01T09:00:00").insert_log()  # connects, checks the schema
-        for number in range(3):
-            proxy.reset()
-            assert log(f"s{number}", "START", "2021-05-01T10:00:00").insert_log() is True
-            assert proxy.round_trips == 1
+        yield counter
+
+
+def test_insert_log_is_one_round_trip_to_a_server(proxy: RoundTripCounter) -> None:
+    for number in range(3):
         proxy.reset()
-        # An event that is there already needs a closer look: more round trips.
-        assert log("s0", "START", "2021-05-01T10:00:00").insert_log() is True
-        assert proxy.round_trips > 1
-        assert len(rows()) == 4
+        assert log(f"s{number}", "START", "2021-05-01T10:00:00").insert_log() is True
+        assert proxy.round_trips == 1
+    proxy.reset()
+    # An event that is there already needs a closer look: more round trips.
+    assert log("s0", "START", "2021-05-01T10:00:00").insert_log() is True
+    assert proxy.round_trips > 1
+    assert len(rows()) == 4
 
 
 def test_insert_logs_takes_a_few_round_trips_whatever_the_batch(
-    nexuslims_postgres_db: DatabaseLocation, nexuslims_instruments: dict[str, Instrument],
-    monkeypatch: pytest.MonkeyPatch,
+    proxy: RoundTripCounter,
 ) -> None:
-    with RoundTripCounter(nexuslims_postgres_db.target) as proxy:
-        monkeypatch.setenv("nexusLIMS_db_path", proxy.url)
-        insert_logs([log("warm", "START", "2021-05-01T09:00:00")])
-        counts = []
-        for size in (1, 10, 99, 150):
-            proxy.reset()
-            assert insert_logs([log(f"b{size}-{n}", "START", "2021-05-01T10:00:00")
-                                for n in range(size)]) == size
-            counts.append(proxy.round_trips)
+    counts = []
+    for size in (1, 10, 99, 150):
+        proxy.reset()
+        assert insert_logs([log(f"b{size}-{n}", "START", "2021-05-01T10:00:00")
+                            for n in range(size)]) == size
+        counts.append(proxy.round_trips)
     # Begin, the instruments, the stored logs of the batch, the inserts, commit;
     # from a hundred rows the inserts are a COPY, which takes two.
     assert counts == [5, 5, 5, 6]
