@@ -266,19 +266,9 @@ def test_update_session_status_without_rows_returns_false_and_warns(
     assert rows() == before
 
 
-@pytest.fixture
-def legacy_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An untouched NexusLIMS 1.4 database with the sample instruments, named by the env."""
-    path = make_legacy_db(tmp_path / "old.sqlite")
-    monkeypatch.setenv("nexusLIMS_db_path", str(path))
-    monkeypatch.delenv("NX_DB_PATH", raising=False)
-    add_sample_instruments()
-    return path
-
-
 @pytest.mark.parametrize("status", ["NO_CONSENT", "NO_RESERVATION", "BUILT_NOT_EXPORTED"])
 def test_a_1_4_database_says_to_migrate_for_the_new_statuses(
-    legacy_db: Path, status: str
+    legacy: Path, status: str
 ) -> None:
     SessionLog("s1", TITAN, "2024-01-01T08:00:00", "START", None).insert_log()
     SessionLog("s1", TITAN, "2024-01-01T09:00:00", "END", None).insert_log()
