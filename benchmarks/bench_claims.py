@@ -303,7 +303,7 @@ class PostgresStore(Store):
         self._drop_schema(target.rsplit("%3D", 1)[1])
 
     def _drop_schema(self, schema: str) -> None:
-        from nexusLIMS.db.backends.postgresql import close_pools
+        from nexusLIMS.db.databases import close_pools
 
         close_pools()  # this process's idle connections (to the schema among others)
         with self.raw(self.url) as conn:

@@ -1116,7 +1116,7 @@ def postgres_schema(url: Optional[str]) -> Iterator[str]:
     The schema is dropped at the end (and the throwaway server stopped);
     nothing outside it is touched.
     """
-    from nexusLIMS.db.backends.postgresql import close_pools
+    from nexusLIMS.db.databases import close_pools
     from nexusLIMS.db.pytest_plugin import PostgresServer
 
     server = None
@@ -1239,7 +1239,7 @@ def bench_pg_inserts(report: Report, plan: Plan, conn: psycopg.Connection[Any],
 def bench_pg_insert_log(report: Report, plan: Plan, url: str, conn: psycopg.Connection[Any],
                         pids: list[str]) -> None:
     """PG case 3: round trips of one insert_log, and its time against a raw INSERT."""
-    from nexusLIMS.db.backends.postgresql import close_pools
+    from nexusLIMS.db.databases import close_pools
 
     group = report.group("PG 3. insert_log (PostgreSQL)",
                          "round trips counted by tests/roundtrips.py's proxy after a warm-up "

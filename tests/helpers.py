@@ -103,14 +103,14 @@ BACKEND_TABLES = {"sqlite_sequence", "nexuslims_schema_version"}
 def describe(database: Any) -> dict[str, Any]:
     """What a database holds, through the package's backend (both backends)."""
     with connect(database, begin=None) as conn:
-        backend = conn.backend
-        tables = sorted(backend.table_names(conn) - BACKEND_TABLES)
+        backend, raw = conn.backend, conn.raw
+        tables = sorted(backend.table_names(raw) - BACKEND_TABLES)
         return {
             "tables": tables,
-            "columns": {table: backend.column_names(conn, table) for table in tables},
-            "indexes": {table: sorted(backend.index_names(conn, table)) for table in tables},
-            "on_delete": backend.on_delete_action(conn, "session_log", "instrument"),
-            "version": backend.schema_version(conn),
+            "columns": {table: backend.column_names(raw, table) for table in tables},
+            "indexes": {table: sorted(backend.index_names(raw, table)) for table in tables},
+            "on_delete": backend.on_delete_action(raw, "session_log", "instrument"),
+            "version": backend.schema_version(raw),
         }
 
 

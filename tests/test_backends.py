@@ -35,9 +35,9 @@ pytest.importorskip("sqlglot")
 
 from nexusLIMS.db.backends.postgresql import (  # noqa: E402  (needs the postgres extra)
     WRITERS_LOCK,
-    close_pools,
     native_sql,
 )
+from nexusLIMS.db.databases import close_pools  # noqa: E402
 
 ENV_TIMEOUT = "nexusLIMS_db_timeout"
 PASSWORD = "s3cr3t-Pa55"

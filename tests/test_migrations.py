@@ -37,6 +37,7 @@ from nexusLIMS.db import (
     migrate_db,
 )
 from nexusLIMS.db import migrations as migrations_module
+from nexusLIMS.db.backends.sqlite import SQLITE
 from nexusLIMS.db.cli import main as cli_main
 from nexusLIMS.db.config import DatabaseLocation
 from nexusLIMS.db.connection import connect
@@ -552,7 +553,7 @@ def test_a_failed_backup_leaves_no_backup_and_the_database_unchanged(
     legacy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     content, files = legacy.read_bytes(), _files(legacy.parent)
-    monkeypatch.setattr(migrations_module, "backup_file", _fail_after_writing_a_partial)
+    monkeypatch.setattr(SQLITE, "backup", _fail_after_writing_a_partial)
 
     with pytest.raises(MigrationError, match="No space left on device") as raised:
         migrate_db(legacy)
@@ -767,7 +768,7 @@ def _set_up_version(location: DatabaseLocation, version: int,
             conn.execute("ALTER TABLE session_log ADD CONSTRAINT session_log_instrument_fkey "
                          "FOREIGN KEY (instrument) REFERENCES instruments (instrument_pid) "
                          f"ON UPDATE CASCADE ON DELETE {on_delete}")
-        conn.backend.set_schema_version(conn, version)
+        conn.backend.set_schema_version(conn.raw, version)
 
 
 def test_postgresql_migrates_from_version_2(

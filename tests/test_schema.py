@@ -206,7 +206,7 @@ def test_rendered_sqlite_checks_equal_the_enums(tmp_path: Path) -> None:
 def postgres_schema(nexuslims_postgres_server: str) -> Iterator[tuple[psycopg.Connection[Any],
                                                                       DatabaseLocation]]:
     """A new, empty PostgreSQL schema: an autocommit connection in it, and its location."""
-    from nexusLIMS.db.backends.postgresql import close_pools
+    from nexusLIMS.db.databases import close_pools
 
     schema = f"nexuslims_render_{uuid.uuid4().hex[:12]}"
     separator = "&" if "?" in nexuslims_postgres_server else "?"

@@ -28,7 +28,7 @@ def _state(database: Any) -> dict[str, Any]:
             "logs": conn.fetchall('SELECT id_session_log, session_identifier, instrument, '
                                   'timestamp, event_type, record_status, "user" FROM session_log '
                                   "ORDER BY id_session_log"),
-            "version": conn.backend.schema_version(conn),
+            "version": conn.backend.schema_version(conn.raw),
         }
 
 

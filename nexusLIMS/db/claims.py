@@ -22,18 +22,22 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Optional, Union
 
-from nexusLIMS.db.config import DatabaseLocation, DatabaseRef
+from nexusLIMS.db import queries
+from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, mark_after
 from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.enums import EventType, RecordStatus, coerce
 from nexusLIMS.db.errors import ClaimLostError, UnsupportedDatabaseError
-from nexusLIMS.db.instruments import read_instruments
-from nexusLIMS.db.logs import StoredLog, logs_of, set_status
-from nexusLIMS.db.schema import SESSION_CLAIMS, SESSION_LOG, has_table, transaction
-from nexusLIMS.db.sessions import Pairing, Session
+from nexusLIMS.db.instruments import Instrument, read_instruments
+from nexusLIMS.db.logs import logs_of, set_status
+from nexusLIMS.db.pairing import check
+from nexusLIMS.db.schema import SESSION_CLAIMS, has_table, transaction
+from nexusLIMS.db.session import Session
+from nexusLIMS.db.tables import StoredLog
+from nexusLIMS.db.timestamps import utc_now, utc_text
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -53,30 +57,11 @@ _TBB = RecordStatus.TO_BE_BUILT.value
 _START, _END = EventType.START.value, EventType.END.value
 _CLAIMS = SESSION_CLAIMS.name
 
-# TO_BE_BUILT STARTs in id order, leaving out those a live claim holds: read
-# through the partial index ordered by id, so a claim reads only as many
-# sessions as it takes (plus those claimed by others). Their logs are then read
-# by identifier. Two plain look-ups: no join a planner could get wrong.
-_CANDIDATES = (
-    f"SELECT s.id_session_log, s.session_identifier FROM {SESSION_LOG.name} AS s "
-    f"WHERE s.record_status = '{_TBB}' AND s.event_type = '{_START}' AND NOT EXISTS ("
-    f"SELECT 1 FROM {_CLAIMS} AS c WHERE c.session_identifier = s.session_identifier "
-    f"AND c.expires_at > ?) AND s.id_session_log > ? ORDER BY s.id_session_log"
-)
 
 
 def default_worker() -> str:
     """Return this process's worker name: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _text(moment: datetime) -> str:
-    """UTC ISO text of fixed width, so that the text sorts as the time does."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _require_claims(conn: Connection) -> None:
@@ -113,9 +98,8 @@ class ClaimedSession(Session):
         transaction keeps every other writer out; PostgreSQL locks the row), so
         no other builder can take the session over before this write commits.
         """
-        held = conn.fetchone(
-            f"SELECT 1 FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?"
-            f"{conn.backend.lock_rows}", (self.session_identifier, self.token))
+        held = conn.fetchone(queries.CLAIM_HELD + conn.backend.lock_rows,
+                             (self.session_identifier, self.token))
         if held is None:
             raise self._lost(action)
 
@@ -133,9 +117,9 @@ class ClaimedSession(Session):
             raise ValueError(f"lease must be positive, not {lease}")
         with transaction(self.database, begin="WRITE") as conn:
             self._check_write(conn, "renew its claim")
-            expires = _now() + lease
-            conn.execute(f"UPDATE {_CLAIMS} SET expires_at = ? WHERE session_identifier = ? "
-                         f"AND token = ?", (_text(expires), self.session_identifier, self.token))
+            expires = utc_now() + lease
+            conn.execute(queries.RENEW_CLAIM,
+                         (utc_text(expires), self.session_identifier, self.token))
         self.expires_at = expires
         return expires
 
@@ -174,8 +158,7 @@ class ClaimedSession(Session):
             if value == _TBB:  # not an outcome: the claim stays
                 self._check_write(conn, f"record {value}")
             elif not conn.execute(  # ends the claim, if it is still this builder's
-                    f"DELETE FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?",
-                    (self.session_identifier, self.token)).rowcount:
+                    queries.END_OWN_CLAIM, (self.session_identifier, self.token)).rowcount:
                 raise self._lost(f"record {value}")
             set_status(conn, value, session_identifier=self.session_identifier, claims_ended=True)
         self.finished = value != _TBB
@@ -183,8 +166,7 @@ class ClaimedSession(Session):
     def release(self) -> None:
         """Give the session back unbuilt (its claim ends; any builder may claim it)."""
         with transaction(self.database, begin="WRITE") as conn:
-            conn.execute(f"DELETE FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?",
-                         (self.session_identifier, self.token))
+            conn.execute(queries.END_OWN_CLAIM, (self.session_identifier, self.token))
         self.finished = True
 
     def _lost(self, action: str) -> ClaimLostError:
@@ -248,19 +230,20 @@ def claim_sessions(
         _require_claims(conn)
         if limit == 0:
             return []
-        now = _now()  # once the writers' lock is ours: the lease starts now
-        pairing = Pairing(conn, read_instruments(conn), now)
+        now = utc_now()  # once the writers' lock is ours: the lease starts now
+        instruments = read_instruments(conn)
         after, batch = 0, (limit or 0) + 8
         while limit is None or len(claimed) < limit:
             if limit is None:
-                rows = conn.fetchall(_CANDIDATES, (_text(now), 0))
+                rows = conn.fetchall(queries.CLAIM_CANDIDATES, (utc_text(now), 0))
             else:  # more when some candidates are inconsistent
-                rows = conn.fetchall(f"{_CANDIDATES} LIMIT ?", (_text(now), after, batch))
+                rows = conn.fetchall(f"{queries.CLAIM_CANDIDATES} LIMIT ?",
+                                     (utc_text(now), after, batch))
                 batch *= 2
             if not rows:
                 break
             after = rows[-1][0]
-            for candidate in _consistent(conn, pairing, rows):
+            for candidate in _consistent(conn, instruments, now, rows):
                 if limit is not None and len(claimed) >= limit:
                     break
                 claimed.append(ClaimedSession(
@@ -269,33 +252,33 @@ def claim_sessions(
                     expires_at=now + lease, database=conn.location))
             if limit is None:
                 break
-        conn.executemany(
-            f"INSERT INTO {_CLAIMS} (session_identifier, worker, token, claimed_at, expires_at) "
-            f"VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_identifier) DO UPDATE SET "
-            f"worker = excluded.worker, token = excluded.token, claimed_at = excluded.claimed_at, "
-            f"expires_at = excluded.expires_at",
-            [(session.session_identifier, worker, session.token, _text(now), _text(now + lease))
-             for session in claimed])
-    logger.info("Worker %s claimed %d session(s)", worker, len(claimed))
+        conn.executemany(queries.UPSERT_CLAIM, [
+            (session.session_identifier, worker, session.token, utc_text(now),
+             utc_text(now + lease)) for session in claimed])
+    # A builder polls: a poll that found nothing is not news.
+    logger.log(logging.INFO if claimed else logging.DEBUG, "Worker %s claimed %d session(s)",
+               worker, len(claimed))
     return claimed
 
 
-def _consistent(conn: Connection, pairing: Pairing, rows: list[tuple[Any, ...]]) -> list[Session]:
+def _consistent(conn: Connection, instruments: dict[str, Instrument], now: datetime,
+                rows: list[tuple[Any, ...]]) -> list[Session]:
     """Return the sessions of candidate STARTs whose TO_BE_BUILT logs pair cleanly, in order."""
     identifiers = list(dict.fromkeys(identifier for _, identifier in rows))
-    logs: dict[str, list[StoredLog]] = {}
+    logs: dict[str, tuple[list[StoredLog], list[StoredLog]]] = {
+        identifier: ([], []) for identifier in identifiers}
     for log in logs_of(conn, identifiers):
         if log.record_status == _TBB and log.event_type in (_START, _END):
-            logs.setdefault(log.session_identifier, []).append(log)
-    pairing.sessions.clear()
+            logs[log.session_identifier][log.event_type == _END].append(log)
+    sessions = []
+    waiting = mark_after()
     for identifier in identifiers:
-        pair = sorted(logs.get(identifier, []), key=lambda log: log.event_type != _START)
-        if [log.event_type for log in pair] == [_START, _END] \
-                and pair[0].instrument == pair[1].instrument:
-            start, end = pair
-            pairing.pair(start.id_session_log, identifier, start.instrument, start.timestamp,
-                         start.user, end.timestamp)
-    return [session for _, session in pairing.sessions]
+        starts, ends = logs[identifier]
+        session, _ = check(identifier, sorted(starts), sorted(ends), instruments, now, waiting,
+                           Session)
+        if session is not None:
+            sessions.append(session)
+    return sessions
 
 
 @dataclass(frozen=True)
@@ -309,15 +292,15 @@ class Claim:
 
     def live(self, now: Optional[datetime] = None) -> bool:
         """Whether the lease has not expired."""
-        return self.expires_at > (now or _now())
+        return self.expires_at > (now or utc_now())
 
     def age(self, now: Optional[datetime] = None) -> timedelta:
         """How long ago the session was claimed."""
-        return (now or _now()) - self.claimed_at
+        return (now or utc_now()) - self.claimed_at
 
     def lease_left(self, now: Optional[datetime] = None) -> timedelta:
         """How long until the lease expires (negative once expired)."""
-        return self.expires_at - (now or _now())
+        return self.expires_at - (now or utc_now())
 
 
 def list_claims(database: Optional[DatabaseRef] = None) -> list[Claim]:
@@ -327,9 +310,7 @@ def list_claims(database: Optional[DatabaseRef] = None) -> list[Claim]:
             return []
         return [Claim(identifier, worker, datetime.fromisoformat(claimed),
                       datetime.fromisoformat(expires))
-                for identifier, worker, claimed, expires in conn.fetchall(
-                    f"SELECT session_identifier, worker, claimed_at, expires_at FROM {_CLAIMS} "
-                    f"ORDER BY claimed_at, session_identifier")]
+                for identifier, worker, claimed, expires in conn.fetchall(queries.CLAIMS)]
 
 
 def release_claim(session_identifier: str, database: Optional[DatabaseRef] = None) -> bool:
@@ -339,8 +320,7 @@ def release_claim(session_identifier: str, database: Optional[DatabaseRef] = Non
     """
     with transaction(database, begin="IMMEDIATE") as conn:
         _require_claims(conn)
-        released = conn.execute(f"DELETE FROM {_CLAIMS} WHERE session_identifier = ?",
-                                (session_identifier,)).rowcount
+        released = conn.execute(queries.END_CLAIMS, (session_identifier,)).rowcount
     if released:
         logger.info("Released the claim on session %s", session_identifier)
     return bool(released)

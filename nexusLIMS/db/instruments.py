@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import logging
 import threading
-import unicodedata
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 
 import pytz
 
-from nexusLIMS.db.config import (
-    DatabaseLocation,
-    DatabaseRef,
-    configured_database,
-    locate_database,
-)
-from nexusLIMS.db.connection import Connection, data_version
-from nexusLIMS.db.schema import INSTRUMENTS, SESSION_LOG, transaction
+from nexusLIMS.db import queries
+from nexusLIMS.db.config import DatabaseRef
+from nexusLIMS.db.connection import Connection
+from nexusLIMS.db.databases import Database, configured_database_state
+from nexusLIMS.db.schema import INSTRUMENTS, transaction
+from nexusLIMS.db.timestamps import localize
+from nexusLIMS.db.validation import check_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from _collections_abc import dict_items, dict_keys, dict_values
@@ -54,7 +52,8 @@ DEFAULT_TIMEZONE = str(INSTRUMENTS.column("timezone").default)
 # The attribute of Instrument holding each column: the PID is ``name``.
 _PID = "instrument_pid"
 _ATTRIBUTES = tuple("name" if c == _PID else c for c in INSTRUMENTS.column_names)
-_SELECT = f"SELECT {', '.join(INSTRUMENTS.column_names)} FROM {INSTRUMENTS.name}"
+# Where each database keeps its registry (see nexusLIMS.db.databases).
+_REGISTRY = "instruments"
 
 Row = tuple[Any, ...]
 
@@ -157,10 +156,7 @@ class Instrument:
                 self.name,
             )
             return dt
-        if dt.tzinfo is None:
-            localize = getattr(zone, "localize", None)
-            return localize(dt) if localize else dt.replace(tzinfo=zone)
-        return dt.astimezone(zone)
+        return localize(dt, zone) if dt.tzinfo is None else dt.astimezone(zone)
 
     def localize_datetime_str(self, dt: datetime, fmt: str = "%Y-%m-%d %H:%M:%S %Z") -> str:
         """Return :meth:`localize_datetime` of ``dt`` formatted with ``fmt``."""
@@ -189,51 +185,52 @@ def _instrument(row: Row) -> Instrument:
 
 
 class _Registry:
-    """The instruments last read from each database, for object identity across reads.
+    """The instruments last read from one database, for object identity across reads.
 
-    With each database's instruments, the registry keeps the database's
-    change counter (see :func:`~nexusLIMS.db.connection.data_version`) when
-    they were read: while it has not moved, nothing can have changed and the
-    same dict is returned without reading the table.
+    With the instruments, the registry keeps the database's change counter
+    (see :meth:`~nexusLIMS.db.databases.Database.data_version`) when they
+    were read: while it has not moved, nothing can have changed and the same
+    dict is returned without reading the table.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_database: dict[DatabaseLocation, dict[str, tuple[Row, Instrument]]] = {}
-        self._current: dict[DatabaseLocation, tuple[int, dict[str, Instrument]]] = {}
+        self._rows: dict[str, tuple[Row, Instrument]] = {}
+        self._current: Optional[tuple[int, dict[str, Instrument]]] = None
 
-    def resolve(self, location: DatabaseLocation, rows: list[Row]) -> dict[str, Instrument]:
+    def resolve(self, rows: list[Row]) -> dict[str, Instrument]:
         """Return the instruments of ``rows``, reusing the object of every unchanged row."""
         with self._lock:
-            known = self._by_database.get(location, {})
+            known = self._rows
             fresh: dict[str, tuple[Row, Instrument]] = {}
             for row in rows:
                 cached = known.get(row[0])
                 fresh[row[0]] = cached if cached is not None and cached[0] == row else (
                     row, _instrument(row))
-            self._by_database[location] = fresh
+            self._rows = fresh
         return {pid: instrument for pid, (_, instrument) in fresh.items()}
 
-    def current(self, location: DatabaseLocation) -> dict[str, Instrument]:
-        """Return the instruments of ``location`` as they are now (read again only if changed)."""
-        version = data_version(location)  # before reading: a change meanwhile shows next time
+    def current(self, db: Database) -> dict[str, Instrument]:
+        """Return the instruments of ``db`` as they are now (read again only if changed)."""
+        version = db.data_version()  # before reading: a change meanwhile shows next time
         if version is not None:
-            kept = self._current.get(location)
+            kept = self._current
             if kept is not None and kept[0] == version:
                 return kept[1]
-        instruments = load_instruments(location)
+        instruments = load_instruments(db.location)
         if version is not None:
-            self._current[location] = (version, instruments)
+            self._current = (version, instruments)
         return instruments
 
 
-_registry = _Registry()
-_locations: dict[str, DatabaseLocation] = {}
+def _registry(db: Database) -> _Registry:
+    return db.state(_REGISTRY, _Registry)
 
 
 def read_instruments(conn: Connection) -> dict[str, Instrument]:
     """Return every instrument of the open database, keyed by PID."""
-    return _registry.resolve(conn.location, [tuple(row) for row in conn.fetchall(_SELECT)])
+    rows = [tuple(row) for row in conn.fetchall(queries.INSTRUMENT_ROWS)]
+    return _registry(conn.database).resolve(rows)
 
 
 def load_instruments(database: Optional[DatabaseRef] = None) -> dict[str, Instrument]:
@@ -255,13 +252,8 @@ def current_instruments() -> dict[str, Instrument]:
     last read is not read again: look-ups in a loop cost one cheap check each,
     and still see a row another process added or changed before the call.
     """
-    name = configured_database()
-    location = _locations.get(name) if name else None
-    if location is None:
-        location = locate_database()
-        if name and len(_locations) < 64:
-            _locations[name] = location
-    return _registry.current(location)
+    db = configured_database_state()
+    return _registry(db).current(db)
 
 
 class InstrumentDB(dict[str, Instrument]):
@@ -351,28 +343,6 @@ def validate_timezone(name: str) -> str:
     return name
 
 
-def check_text(value: object, what: str, *, blank: bool = False) -> None:
-    """Raise ValueError if ``value`` is not a string, is blank, or holds control characters.
-
-    Identifiers and PIDs are printed by the command line and written to logs;
-    a newline or an escape sequence in one could forge or hide output (and
-    PostgreSQL refuses a NUL outright).
-
-    Parameters
-    ----------
-    blank
-        Accept an empty or blank string.
-    """
-    if not isinstance(value, str) or (not blank and not value.strip()):
-        raise ValueError(f"Invalid {what} {value!r}; expected a non-blank string")
-    # isprintable() is False for every Cc and Cf character (and for other
-    # categories too, such as non-ASCII spaces): the quick test first, the exact one if it fails.
-    if not value.isprintable() and any(
-        unicodedata.category(char) in ("Cc", "Cf") for char in value
-    ):
-        raise ValueError(f"Invalid {what} {value!r}; control characters are not allowed")
-
-
 def _normalised(values: Mapping[str, Optional[str]]) -> dict[str, Optional[str]]:
     """Return a row of the ``instruments`` table to write, validated.
 
@@ -398,10 +368,7 @@ def _conflicts(conn: Connection, row: Mapping[str, Optional[str]], pid: str) -> 
     """Describe the unique values of ``row`` already used by an instrument other than ``pid``."""
     found = []
     for column in (c.name for c in INSTRUMENTS.columns if c.unique and row.get(c.name)):
-        other = conn.scalar(
-            f"SELECT {_PID} FROM {INSTRUMENTS.name} WHERE {column} = ? AND {_PID} <> ?",
-            (row[column], pid),
-        )
+        other = conn.scalar(queries.instrument_using(column), (row[column], pid))
         if other is not None:
             found.append(f"{column} {row[column]!r} is already used by instrument {other!r}")
     return found
@@ -420,14 +387,12 @@ def write_instrument(conn: Connection, instrument: Instrument) -> None:
     except ValueError as exc:
         raise ValueError(f"Cannot add instrument {instrument.name!r}: {exc}") from None
     pid = str(row[_PID])
-    if conn.scalar(f"SELECT 1 FROM {INSTRUMENTS.name} WHERE {_PID} = ?", (pid,)):
+    if conn.scalar(queries.INSTRUMENT_EXISTS, (pid,)):
         raise ValueError(f"Cannot add instrument {pid!r}: it already exists")
     conflicts = _conflicts(conn, row, pid)
     if conflicts:
         raise ValueError(f"Cannot add instrument {pid!r}: {'; '.join(conflicts)}")
-    marks = ", ".join("?" * len(row))
-    conn.execute(f"INSERT INTO {INSTRUMENTS.name} ({', '.join(row)}) VALUES ({marks})",
-                 tuple(row.values()))
+    conn.execute(queries.insert(INSTRUMENTS, tuple(row)), tuple(row.values()))
 
 
 def add_instrument(instrument: Instrument, database: Optional[DatabaseRef] = None) -> None:
@@ -489,16 +454,13 @@ def edit_instrument(
         except ValueError as exc:
             raise ValueError(f"Cannot edit instrument {pid!r}: {exc}") from None
         new_pid = str(new_row[_PID])
-        if new_pid != pid and conn.scalar(
-                f"SELECT 1 FROM {INSTRUMENTS.name} WHERE {_PID} = ?", (new_pid,)):
+        if new_pid != pid and conn.scalar(queries.INSTRUMENT_EXISTS, (new_pid,)):
             raise ValueError(f"Cannot rename instrument {pid!r} to {new_pid!r}: "
                              f"{new_pid!r} already exists")
         conflicts = _conflicts(conn, new_row, pid)
         if conflicts:
             raise ValueError(f"Cannot edit instrument {pid!r}: {'; '.join(conflicts)}")
-        assignments = ", ".join(f"{column} = ?" for column in new_row)
-        conn.execute(f"UPDATE {INSTRUMENTS.name} SET {assignments} WHERE {_PID} = ?",
-                     (*new_row.values(), pid))
+        conn.execute(queries.update_instrument(tuple(new_row)), (*new_row.values(), pid))
         edited = read_instruments(conn)[new_pid]
     logger.info("Edited instrument %s%s", pid, f" (now {new_pid})" if new_pid != pid else "")
     return edited
@@ -514,15 +476,14 @@ def remove_instrument(pid: str, database: Optional[DatabaseRef] = None) -> None:
         the message): they are its history, and are never deleted with it.
     """
     with transaction(database, begin="IMMEDIATE") as conn:
-        if not conn.scalar(f"SELECT 1 FROM {INSTRUMENTS.name} WHERE {_PID} = ?", (pid,)):
+        if not conn.scalar(queries.INSTRUMENT_EXISTS, (pid,)):
             raise ValueError(f"Cannot remove instrument {pid!r}: no such instrument")
-        logs = int(conn.scalar(
-            f"SELECT count(*) FROM {SESSION_LOG.name} WHERE instrument = ?", (pid,)))
+        logs = int(conn.scalar(queries.COUNT_INSTRUMENT_LOGS, (pid,)))
         if logs:
             raise ValueError(
                 f"Cannot remove instrument {pid!r}: it has {logs} session log"
                 f"{'s' if logs != 1 else ''}, which are its history; rename it instead "
                 f"(nexuslims-db instruments edit PID --new-pid NEW) if it was replaced"
             )
-        conn.execute(f"DELETE FROM {INSTRUMENTS.name} WHERE {_PID} = ?", (pid,))
+        conn.execute(queries.DELETE_INSTRUMENT, (pid,))
     logger.info("Removed instrument %s", pid)

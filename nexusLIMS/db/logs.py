@@ -24,28 +24,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import NamedTuple, Optional, Union
+from datetime import datetime
+from typing import Optional, Union
 
+from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseRef
 from nexusLIMS.db.connection import Connection
-from nexusLIMS.db.enums import WAITING_STATUSES, EventType, RecordStatus, coerce
-from nexusLIMS.db.instruments import Instrument, check_text, read_instruments
+from nexusLIMS.db.enums import WAITING_STATUSES, EventType, ProblemKind, RecordStatus, coerce
+from nexusLIMS.db.instruments import Instrument, read_instruments
+from nexusLIMS.db.pairing import pair_problems
 from nexusLIMS.db.schema import (
-    INSTRUMENTS,
     SESSION_CLAIMS,
     SESSION_LOG,
     SESSION_REVISIONS,
     has_table,
     transaction,
 )
+from nexusLIMS.db.tables import LOG_COLUMNS, StoredLog, describe_log
 from nexusLIMS.db.timestamps import (
     canonical_timestamp,
     now_local_iso,
-    parse_timestamp,
     same_instant,
-    span,
+    utc_now,
+    utc_text,
 )
+from nexusLIMS.db.validation import check_text
 
 __all__ = [
     "LOG_COLUMNS",
@@ -58,7 +61,6 @@ __all__ = [
     "log_start",
     "logs_of",
     "require_instrument",
-    "select_logs",
     "set_status",
     "write_logs",
 ]
@@ -66,38 +68,8 @@ __all__ = [
 # The name NexusLIMS 1.4 logged these messages under.
 logger = logging.getLogger("nexusLIMS.db.session_handler")
 
-#: The columns of ``session_log``, in table order (what ``SELECT *`` returns).
-LOG_COLUMNS = SESSION_LOG.column_names
 _START, _END = EventType.START.value, EventType.END.value
 _TBB = RecordStatus.TO_BE_BUILT.value
-_QUOTED = [f'"{c}"' if c == "user" else c for c in LOG_COLUMNS]  # "user" is a keyword
-_WRITTEN = ", ".join(_QUOTED[1:])  # not the id
-# A log whose session has no log of its event on its instrument yet, and
-# whose instrument is known: inserted as it is, whatever write_logs would check.
-_INSERT_IF_FIRST = (
-    f"INSERT INTO {SESSION_LOG.name} ({_WRITTEN}) "
-    f"SELECT {', '.join('?' * (len(LOG_COLUMNS) - 1))} "
-    f"WHERE EXISTS (SELECT 1 FROM {INSTRUMENTS.name} WHERE instrument_pid = ?) "
-    f"AND NOT EXISTS (SELECT 1 FROM {SESSION_LOG.name} WHERE session_identifier = ? "
-    f"AND instrument = ? AND event_type = ?)"
-)
-
-
-class StoredLog(NamedTuple):
-    """One stored ``session_log`` row, field for column."""
-
-    id_session_log: int
-    session_identifier: str
-    instrument: str
-    timestamp: str
-    event_type: str
-    record_status: str
-    user: Optional[str]
-
-
-def select_logs(where: str) -> str:
-    """Return ``SELECT <every column> FROM session_log WHERE <where>``, for :class:`StoredLog`."""
-    return f"SELECT {', '.join(_QUOTED)} FROM {SESSION_LOG.name} WHERE {where}"
 
 
 @dataclass(unsafe_hash=True)
@@ -143,14 +115,7 @@ class SessionLog:
             self.timestamp = timestamp.isoformat()
 
     def __repr__(self) -> str:
-        return (
-            f"SessionLog (id={self.session_identifier}, "
-            f"instrument={self.instrument}, "
-            f"timestamp={self.timestamp}, "
-            f"event_type={self.event_type}, "
-            f"user={self.user}, "
-            f"record_status={self.record_status})"
-        )
+        return describe_log(self)
 
     def insert_log(self) -> bool:
         """Insert this log into the NexusLIMS database, unless it is there already.
@@ -176,8 +141,8 @@ class SessionLog:
         row = _checked_row(self)
         with transaction(begin=None) as conn:
             # Usually the first log of its event: one statement, one round trip.
-            if conn.write_alone(_INSERT_IF_FIRST, (*row[1:], row.instrument,
-                                                   *row[1:3], row.event_type)):
+            if conn.write_alone(queries.INSERT_IF_FIRST, (*row[1:], row.instrument,
+                                                          *row[1:3], row.event_type)):
                 return True
             conn.begin("IMMEDIATE")
             write_logs(conn, [self])
@@ -246,7 +211,8 @@ def logs_of(conn: Connection, identifiers: list[str]) -> list[StoredLog]:
     """
     rows: list[StoredLog] = []
     for condition, params in conn.backend.in_values("session_identifier", identifiers):
-        rows.extend(StoredLog(*row) for row in conn.fetchall(select_logs(condition), params))
+        rows.extend(StoredLog(*row) for row in conn.fetchall(queries.select_logs(condition),
+                                                               params))
     return rows
 
 
@@ -277,7 +243,7 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
                for old in known):
             result.duplicates += 1
             logger.warning("SessionLog already existed in DB, so no row was added: %s",
-                           _as_log(row))
+                           describe_log(row))
         elif row.event_type not in (_START, _END) or not known:
             known.append(row)
             inserts.append(row)
@@ -293,19 +259,13 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
             result.revised += 1
         else:
             late.append((max(known, key=lambda log: log.id_session_log), row))
-    conn.insert_rows(SESSION_LOG.name, _QUOTED[1:], [row[1:] for row in inserts])
-    conn.executemany(
-        f'UPDATE {SESSION_LOG.name} SET timestamp = ?, "user" = ? WHERE id_session_log = ?',
-        [(timestamp, user, log_id) for log_id, (timestamp, user) in updates.items()],
-    )
+    conn.insert_rows(SESSION_LOG.name, queries.WRITTEN_LOG_COLUMNS,
+                     [row[1:] for row in inserts])
+    conn.executemany(queries.REVISE_LOG, [(timestamp, user, log_id)
+                                          for log_id, (timestamp, user) in updates.items()])
     result.inserted = len(inserts)
     result.late_revisions = _keep_late_revisions(conn, late)
     return result
-
-
-def _as_log(row: StoredLog) -> SessionLog:
-    return SessionLog(row.session_identifier, row.instrument, row.timestamp, row.event_type,
-                      row.user, row.record_status)
 
 
 def _change(old: StoredLog, new: StoredLog) -> str:
@@ -327,23 +287,18 @@ def _keep_late_revisions(conn: Connection, late: list[tuple[StoredLog, StoredLog
     if not late:
         return 0
     keep = has_table(conn, SESSION_REVISIONS.name)
-    received = datetime.now(timezone.utc).isoformat()
+    received = utc_text(utc_now())
     for old, new in late:
         logger.warning(
             "Session %s on %s was revised after its record was built (status %s): %s; "
             "nothing was changed (see 'nexuslims-db check')",
             new.session_identifier, new.instrument, old.record_status, _change(old, new))
-        kept = conn.fetchall(
-            f"SELECT revised_timestamp, revised_user FROM {SESSION_REVISIONS.name} "
-            f"WHERE log_id = ?", (old.id_session_log,)) if keep else [(new.timestamp, new.user)]
+        kept = conn.fetchall(queries.REVISIONS_OF_LOG, (old.id_session_log,)) if keep \
+            else [(new.timestamp, new.user)]
         if (new.timestamp, new.user) not in kept:
-            columns = SESSION_REVISIONS.column_names[1:]
-            conn.execute(
-                f"INSERT INTO {SESSION_REVISIONS.name} ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' * len(columns))})",
-                (old.id_session_log, new.session_identifier, new.instrument, new.event_type,
-                 old.timestamp, new.timestamp, new.user, received),
-            )
+            conn.execute(queries.INSERT_REVISION, (
+                old.id_session_log, new.session_identifier, new.instrument, new.event_type,
+                old.timestamp, new.timestamp, new.user, received))
     return len(late)
 
 
@@ -390,15 +345,13 @@ def set_status(
     """
     value = coerce(RecordStatus, status, "record_status").value
     if session_identifier is not None:
-        changed = int(conn.execute(
-            f"UPDATE {SESSION_LOG.name} SET record_status = ? WHERE session_identifier = ?",
-            (value, session_identifier)).rowcount)
+        changed = int(conn.execute(queries.SET_SESSION_STATUS,
+                                   (value, session_identifier)).rowcount)
         if value != _TBB and not claims_ended:
             end_claims(conn, [session_identifier])
         return changed
     rows = [(value, log_id) for log_id in sorted(set(ids))]
-    conn.executemany(
-        f"UPDATE {SESSION_LOG.name} SET record_status = ? WHERE id_session_log = ?", rows)
+    conn.executemany(queries.SET_LOG_STATUS, rows)
     return len(rows)
 
 
@@ -406,7 +359,7 @@ def end_claims(conn: Connection, session_identifiers: Iterable[str]) -> None:
     """End every claim on these sessions (nothing before schema version 3)."""
     rows = [(identifier,) for identifier in session_identifiers]
     if rows and has_table(conn, SESSION_CLAIMS.name):
-        conn.executemany(f"DELETE FROM {SESSION_CLAIMS.name} WHERE session_identifier = ?", rows)
+        conn.executemany(queries.END_CLAIMS, rows)
 
 
 def _event_log(
@@ -464,9 +417,7 @@ def log_start(
     except ValueError as exc:
         raise ValueError(f"Cannot start session {session_identifier!r}: {exc}") from None
     with transaction(database, begin="IMMEDIATE") as conn:
-        existing = conn.fetchone(
-            select_logs("session_identifier = ? AND event_type = ? ORDER BY id_session_log"),
-            (session_identifier, _START))
+        existing = conn.fetchone(queries.STARTS_OF_SESSION, (session_identifier,))
         if existing is not None:
             start = StoredLog(*existing)
             raise ValueError(
@@ -527,8 +478,8 @@ def log_end(
     with transaction(database, begin="IMMEDIATE") as conn:
         instruments = read_instruments(conn)
         require_instrument(instrument, instruments, log)
-        logs = [StoredLog(*row) for row in conn.fetchall(
-            select_logs("session_identifier = ? ORDER BY id_session_log"), (session_identifier,))]
+        logs = [StoredLog(*row) for row in conn.fetchall(queries.LOGS_OF_SESSION,
+                                                         (session_identifier,))]
         ends = [row for row in logs if row.event_type == _END]
         if ends:
             raise ValueError(
@@ -544,18 +495,22 @@ def log_end(
                 f"(status {waiting}); expected exactly one"
             )
         start = starts[0]
-        if start.instrument != instrument:
+        end = StoredLog(0, session_identifier, instrument, log.timestamp, _END, _TBB, log.user)
+        _, problems = pair_problems(session_identifier, start, end,
+                                    instruments.get(start.instrument))
+        kinds = {kind for kind, _ in problems}
+        if ProblemKind.INSTRUMENT_MISMATCH in kinds:
             raise ValueError(
                 f"Cannot end session {session_identifier!r} on {instrument!r}: "
                 f"it started on {start.instrument!r}"
             )
-        length = span(parse_timestamp(start.timestamp), parse_timestamp(log.timestamp),
-                      instruments[instrument].timezone)
-        if length is not None and length < timedelta(0):
+        if ProblemKind.END_BEFORE_START in kinds:
             raise ValueError(
                 f"Cannot end session {session_identifier!r} at {log.timestamp}: "
                 f"it started later, at {start.timestamp}"
             )
+        if problems:
+            raise ValueError(f"Cannot end session {session_identifier!r}: {problems[0][1]}")
         if log.user is None:
             log.user = start.user
         write_logs(conn, [log])

@@ -17,29 +17,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
 
+from nexusLIMS.db import queries
 from nexusLIMS.db.backends import backend_for
-from nexusLIMS.db.backends.sqlite import backup_file
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
 from nexusLIMS.db.connection import Connection, connect
-from nexusLIMS.db.errors import MigrationError, UnsupportedDatabaseError
-from nexusLIMS.db.schema import (
-    INDEXES,
-    INSTRUMENTS,
-    SCHEMA_VERSION,
-    SESSION_LOG,
-    TABLES,
-    forget,
-    index_statement,
-    inspect,
-    keep_logs_trigger,
-    table_statement,
-)
+from nexusLIMS.db.errors import MigrationError, NexusLIMSDBError, UnsupportedDatabaseError
+from nexusLIMS.db.schema import forget, inspect
+from nexusLIMS.db.tables import INDEXES, INSTRUMENTS, SCHEMA_VERSION, SESSION_LOG, TABLES
 
 __all__ = ["STEPS", "MigrationResult", "Step", "backup_path_for", "migrate_db", "pending_steps"]
 
 logger = logging.getLogger(__name__)
 
-_OLD = "_session_log_before_migration"
 _INDEX_1_4 = "session_log.fk_instrument_idx"
 
 
@@ -56,77 +45,29 @@ class Step:
 
 def _rebuild_session_log(conn: Connection) -> None:
     """Give session_log the current CHECKs and foreign key, keeping every row and id."""
-    if conn.dialect == "postgresql":
-        _alter_postgres(conn)
-    else:
-        _rebuild_sqlite(conn)
+    # Ours are created anew; 1.4's index on instrument is replaced by ours.
+    known = {index.name for index in INDEXES} | {_INDEX_1_4}
+    conn.backend.apply_constraints(conn.raw, SESSION_LOG, known)
     for index in INDEXES:
         if index.table == SESSION_LOG.name and index.since <= 2:
-            conn.execute(index_statement(index))
-
-
-def _alter_postgres(conn: Connection) -> None:
-    """PostgreSQL changes constraints in place."""
-    names = [name for (name,) in conn.fetchall(
-        "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(?) "
-        "AND contype IN ('c', 'f')", (SESSION_LOG.name,))]
-    for name in names:
-        conn.execute(f'ALTER TABLE {SESSION_LOG.name} DROP CONSTRAINT "{name}"')
-    for column in SESSION_LOG.columns:
-        if column.allowed:
-            values = ", ".join(f"'{value}'" for value in column.allowed)
-            conn.execute(f"ALTER TABLE {SESSION_LOG.name} ADD CONSTRAINT "
-                         f"{SESSION_LOG.name}_{column.name}_check "
-                         f"CHECK ({column.name} IN ({values}))")
-        if column.references:
-            table, parent = column.references
-            conn.execute(f"ALTER TABLE {SESSION_LOG.name} ADD CONSTRAINT "
-                         f"{SESSION_LOG.name}_{column.name}_fkey FOREIGN KEY ({column.name}) "
-                         f"REFERENCES {table} ({parent}) ON UPDATE CASCADE ON DELETE RESTRICT "
-                         f"NOT VALID")  # keeps rows whose instrument is gone, as SQLite does
-
-
-def _rebuild_sqlite(conn: Connection) -> None:
-    """SQLite cannot change a constraint: copy the rows into a new table."""
-    rows = int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}"))
-    sequence = conn.backend.id_counter(conn, SESSION_LOG.name, "id_session_log")
-    # Ours are created anew; 1.4's index on instrument is replaced by ours.
-    ours = {index.name for index in INDEXES} | {_INDEX_1_4}
-    own_indexes = [sql for name, sql in conn.fetchall(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-        "AND sql IS NOT NULL", (SESSION_LOG.name,)) if name not in ours]
-    columns = ", ".join(f'"{c}"' for c in SESSION_LOG.column_names)
-    conn.execute(f"ALTER TABLE {SESSION_LOG.name} RENAME TO {_OLD}")
-    conn.execute(table_statement(SESSION_LOG, "sqlite"))
-    conn.execute(f"INSERT INTO {SESSION_LOG.name} ({columns}) SELECT {columns} FROM {_OLD} "
-                 f"ORDER BY id_session_log")
-    conn.execute(f"DROP TABLE {_OLD}")
-    # Keep the AUTOINCREMENT counter, which may exceed the largest id.
-    if sequence is not None and sequence > (
-            conn.backend.id_counter(conn, SESSION_LOG.name, "id_session_log") or 0):
-        conn.backend.set_id_counter(conn, SESSION_LOG.name, "id_session_log", sequence)
-    for sql in own_indexes:
-        conn.execute(sql)
-    after = int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}"))
-    if after != rows:
-        raise MigrationError(f"Rebuilt session_log has {after} rows, not {rows}")
+            conn.execute(conn.backend.ddl.index_statement(index))
 
 
 def _restrict_deletes(conn: Connection) -> None:
-    if conn.backend.on_delete_action(conn, SESSION_LOG.name, "instrument") != "RESTRICT":
+    if conn.backend.on_delete_action(conn.raw, SESSION_LOG.name, "instrument") != "RESTRICT":
         _rebuild_session_log(conn)
-    if conn.dialect == "sqlite":
-        conn.execute(keep_logs_trigger())
+    conn.backend.restrict_deletes(conn.raw)
 
 
 def _add_tables(version: int) -> Callable[[Connection], None]:
     def add(conn: Connection) -> None:
+        ddl = conn.backend.ddl
         for table in TABLES:
             if table.since == version:
-                conn.execute(table_statement(table, conn.dialect))
+                conn.execute(ddl.table_statement(table))
         for index in INDEXES:
             if index.since == version:
-                conn.execute(index_statement(index))
+                conn.execute(ddl.index_statement(index))
     return add
 
 
@@ -217,7 +158,7 @@ def backup_path_for(path: Path, when: Optional[datetime] = None) -> Path:
 def _check_tables(conn: Connection) -> None:
     """Refuse tables whose columns are not NexusLIMS's: never stamp what was not verified."""
     for table in (INSTRUMENTS, SESSION_LOG):
-        found = conn.backend.column_names(conn, table.name)
+        found = conn.backend.column_names(conn.raw, table.name)
         if set(found) != set(table.column_names):
             extra = sorted(set(found) - set(table.column_names))
             lacking = sorted(set(table.column_names) - set(found))
@@ -231,21 +172,14 @@ def _check_tables(conn: Connection) -> None:
 
 def _preflight(conn: Connection) -> None:
     """Refuse, before anything is written, a session_log that cannot be rebuilt losslessly."""
-    if conn.dialect == "sqlite":
-        dependants = conn.fetchall(
-            "SELECT type, name FROM sqlite_master WHERE (type = 'trigger' AND tbl_name = ?) "
-            "OR (type = 'view' AND sql LIKE ?)", (SESSION_LOG.name, f"%{SESSION_LOG.name}%"))
-        if dependants:
-            listed = ", ".join(f"{kind} {name}" for kind, name in dependants)
-            raise MigrationError(
-                f"session_log is used by {listed}; drop them, migrate, recreate them")
+    blockers = conn.backend.blockers(conn.raw, SESSION_LOG.name)
+    if blockers:
+        raise MigrationError(
+            f"session_log is used by {', '.join(blockers)}; drop them, migrate, recreate them")
     for column in SESSION_LOG.columns:
         if not column.allowed:
             continue
-        marks = ", ".join("?" * len(column.allowed))
-        bad = conn.fetchall(
-            f"SELECT {column.name}, count(*) FROM {SESSION_LOG.name} WHERE {column.name} IS NULL "
-            f"OR {column.name} NOT IN ({marks}) GROUP BY {column.name}", column.allowed)
+        bad = conn.fetchall(queries.values_outside(column.name, column.allowed), column.allowed)
         if bad:
             listed = ", ".join(f"{value!r} ({count} rows)" for value, count in bad)
             raise MigrationError(
@@ -301,8 +235,8 @@ def migrate_db(
         No database file exists at the path.
     """
     location = locate_database(database)
-    sqlite = location.backend == "sqlite"
-    removed = _remove_partial_backups(location) if sqlite and not dry_run else ()
+    backend = backend_for(location)
+    removed = _remove_partial_backups(location) if backend.is_file and not dry_run else ()
     copy: Optional[Path] = None
     target: Optional[Path] = None
     try:
@@ -312,26 +246,24 @@ def migrate_db(
             info.check_usable()
             _check_tables(conn)
             steps = pending_steps(info.version)
-            rows = int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}"))
+            rows = int(conn.scalar(queries.count(SESSION_LOG)))
             if not steps or dry_run:
                 return MigrationResult(location, False, info.version, info.version, steps, rows,
                                        removed_partial_backups=removed)
             if any(step.rebuilds for step in steps):
                 _preflight(conn)
-            if sqlite and backup:
+            if backend.is_file and backup:
                 # Our write lock is held but nothing is written yet, so the copy
                 # shows exactly the state that is migrated.
                 target = backup_path_for(location.path)
                 with connect(location, begin=None) as source:
-                    copy = backup_file(source, target)
-            orphans = int(conn.scalar(
-                f"SELECT count(*) FROM {SESSION_LOG.name} WHERE instrument NOT IN "
-                f"(SELECT instrument_pid FROM {INSTRUMENTS.name})"))
+                    copy = backend.backup(source.raw, target)
+            orphans = int(conn.scalar(queries.COUNT_ORPHAN_LOGS))
             for step in steps:
                 logger.info("Migration step %d (%s): %s", step.version, step.name, step.description)
                 step.apply(conn)
-            conn.backend.set_schema_version(conn, SCHEMA_VERSION)
-            if int(conn.scalar(f"SELECT count(*) FROM {SESSION_LOG.name}")) != rows:
+            backend.set_schema_version(conn.raw, SCHEMA_VERSION)
+            if int(conn.scalar(queries.count(SESSION_LOG))) != rows:
                 raise MigrationError("session_log lost rows while migrating")
         forget(location)
     except Exception as exc:
@@ -344,13 +276,10 @@ def migrate_db(
         raise MigrationError(
             f"Could not migrate {location}; it was left unchanged{where}: {exc}") from exc
     vacuumed = False
-    vacuum_errors: tuple[type[BaseException], ...] = (*backend_for(location).driver_errors, OSError)
-    if sqlite and any(step.rebuilds for step in steps):
+    if any(step.rebuilds for step in steps):
         try:
-            with connect(location, begin=None) as conn:
-                conn.execute("VACUUM")
-            vacuumed = True
-        except vacuum_errors as exc:
+            vacuumed = backend.compact(location)
+        except (NexusLIMSDBError, OSError) as exc:
             logger.warning("Migrated %s, but could not give its freed space back to the disk "
                            "(VACUUM failed: %s); it works as it is", location, exc)
     if orphans:

@@ -49,6 +49,7 @@ from nexusLIMS.db.config import (
     test_postgres_url,
 )
 from nexusLIMS.db.connection import close_watches, connect
+from nexusLIMS.db.databases import close_pools
 from nexusLIMS.db.instruments import Instrument
 from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.schema import init_db
@@ -177,8 +178,6 @@ def nexuslims_postgres_server() -> Iterator[str]:
     try:
         yield server.url
     finally:
-        from nexusLIMS.db.backends.postgresql import close_pools
-
         close_pools()
         server.stop()
 
@@ -194,8 +193,6 @@ def nexuslims_postgres_db(
     nexuslims_postgres_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[DatabaseLocation]:
     """Return a new NexusLIMS database on PostgreSQL (its own schema) that the environment names."""
-    from nexusLIMS.db.backends.postgresql import close_pools
-
     schema = f"nexuslims_test_{uuid.uuid4().hex[:16]}"
     _on_server(nexuslims_postgres_server, f"CREATE SCHEMA {schema}")
     separator = "&" if "?" in nexuslims_postgres_server else "?"

@@ -17,11 +17,12 @@ from typing import Optional
 
 import pytz
 
+from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef
 from nexusLIMS.db.enums import EventType, RecordStatus
 from nexusLIMS.db.instruments import Instrument, read_instruments, write_instrument
 from nexusLIMS.db.logs import SessionLog, write_logs
-from nexusLIMS.db.schema import transaction
+from nexusLIMS.db.schema import INSTRUMENTS, SESSION_LOG, transaction
 
 __all__ = ["DemoSummary", "add_sample_instruments", "demo_logs", "populate_demo",
            "sample_instruments"]
@@ -191,9 +192,7 @@ def populate_demo(database: Optional[DatabaseRef] = None) -> DemoSummary:
     """
     logs = demo_logs()
     with transaction(database, begin="IMMEDIATE") as conn:  # all or nothing
-        counts = conn.fetchone(
-            "SELECT (SELECT count(*) FROM instruments), (SELECT count(*) FROM session_log)")
-        assert counts is not None
+        counts = [conn.scalar(queries.count(table)) for table in (INSTRUMENTS, SESSION_LOG)]
         if any(counts):
             raise ValueError(
                 f"The demo needs an empty database; {conn.location} has {counts[0]} "

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, tzinfo
 from typing import Optional
 
+from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef
-from nexusLIMS.db.connection import Connection
-from nexusLIMS.db.enums import EventType, RecordStatus
-from nexusLIMS.db.instruments import read_instruments
-from nexusLIMS.db.logs import StoredLog, select_logs
-from nexusLIMS.db.schema import SESSION_LOG, inspect, transaction
-from nexusLIMS.db.sessions import SessionProblem, late_revisions, log_age, pair_sessions
+from nexusLIMS.db.instruments import Instrument, read_instruments
+from nexusLIMS.db.schema import inspect, transaction
+from nexusLIMS.db.sessions import SessionProblem, late_revisions, pair_sessions
+from nexusLIMS.db.tables import StoredLog
+from nexusLIMS.db.timestamps import age, utc_now
 
 __all__ = ["DatabaseSummary", "summarize"]
 
@@ -53,37 +53,33 @@ class DatabaseSummary:
     problems: tuple[SessionProblem, ...]
 
 
-def _size(conn: Connection) -> Optional[int]:
-    if conn.dialect == "sqlite":
-        return conn.location.path.stat().st_size
-    size = conn.scalar("SELECT pg_database_size(current_database())")
-    return None if size is None else int(size)
-
-
 def summarize(database: Optional[DatabaseRef] = None) -> DatabaseSummary:
     """Return an overview of the database: versions, counts, what waits, what is wrong."""
     with transaction(database) as conn:
         instruments = read_instruments(conn)
-        counts = tuple(
-            (str(event), str(status), int(count)) for event, status, count in conn.fetchall(
-                f"SELECT event_type, record_status, count(*) FROM {SESSION_LOG.name} "
-                f"GROUP BY event_type, record_status ORDER BY event_type, record_status"))
+        counts = tuple((str(event), str(status), int(count))
+                       for event, status, count in conn.fetchall(queries.LOG_COUNTS))
         sessions, problems = pair_sessions(conn, instruments)
-        now = datetime.now(timezone.utc)
-        waiting = [StoredLog(*row) for row in conn.fetchall(select_logs(
-            f"event_type = '{EventType.START.value}' AND record_status = "
-            f"'{RecordStatus.WAITING_FOR_END.value}' ORDER BY id_session_log"))]
+        now = utc_now()
+        waiting = [StoredLog(*row) for row in conn.fetchall(queries.WAITING_STARTS)]
         # By the instant, not the text: the zones of the timestamps differ.
-        aged = [(log, log_age(log, instruments, now)) for log in waiting]
+        aged = [(log, age(log.timestamp, _zone(instruments, log.instrument), now))
+                for log in waiting]
         oldest = max(aged, key=lambda pair: (pair[1] is not None, pair[1] or timedelta(0)),
                      default=None)
         return DatabaseSummary(
             location=conn.location,
             schema_version=inspect(conn).version,
-            size_bytes=_size(conn),
+            size_bytes=conn.backend.size(conn.raw, conn.location),
             instruments=len(instruments),
             log_counts=counts,
             sessions_to_build=len(sessions),
             oldest_waiting=oldest,
             problems=tuple(problems + late_revisions(conn)),
         )
+
+
+def _zone(instruments: dict[str, Instrument], pid: str) -> Optional[tzinfo]:
+    """Return the time zone of instrument ``pid`` (None if unknown: this computer's)."""
+    instrument = instruments.get(pid)
+    return None if instrument is None else instrument.timezone

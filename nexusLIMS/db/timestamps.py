@@ -13,6 +13,11 @@ such as a ``Z`` suffix on Python < 3.11.
 A naive timestamp is local time at its instrument. Around a daylight-saving
 change such a time can mean two instants (or none); :func:`span` takes the
 reading that makes a session shortest without being negative.
+
+Times the package writes for itself (claims, revisions) are UTC text of one
+fixed width (:func:`utc_text`), so that their text sorts as the time does.
+This module is the one home of every timestamp text format and of putting
+a naive time in a zone (:func:`localize`).
 """
 
 from __future__ import annotations
@@ -26,12 +31,16 @@ from dateutil.parser import isoparse
 __all__ = [
     "MAX_YEAR",
     "MIN_YEAR",
+    "age",
     "canonical_timestamp",
+    "localize",
     "now_local_iso",
     "parse_timestamp",
     "same_instant",
     "span",
     "to_text",
+    "utc_now",
+    "utc_text",
 ]
 
 #: The years a written timestamp may lie in; far enough from the limits of
@@ -109,17 +118,59 @@ def now_local_iso() -> str:
     return datetime.now().astimezone().isoformat()
 
 
+def utc_now() -> datetime:
+    """Return the current time, aware, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def utc_text(moment: datetime) -> str:
+    """Return an aware ``moment`` as UTC ISO text of fixed width (microseconds, ``+00:00``).
+
+    Texts of this form sort as the times do, so a database compares them as text.
+    """
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def localize(moment: datetime, zone: tzinfo, *, dst: Optional[bool] = None) -> datetime:
+    """Return the naive ``moment`` as local time in ``zone`` (a ``pytz`` zone or any ``tzinfo``).
+
+    Parameters
+    ----------
+    dst
+        Which reading of a time that occurs twice (clocks going back) or not
+        at all (clocks going forward): True the daylight-saving one (the first),
+        False the standard one; None the zone library's own default (``pytz``:
+        standard; ``zoneinfo``: the first).
+    """
+    pytz_localize = getattr(zone, "localize", None)
+    if pytz_localize is not None:
+        placed: datetime = pytz_localize(moment) if dst is None \
+            else pytz_localize(moment, is_dst=dst)
+        return placed
+    return moment.replace(tzinfo=zone, fold=0 if dst is None or dst else 1)
+
+
+def age(text: str, zone: Optional[tzinfo], now: datetime) -> Optional[timedelta]:
+    """Return how long before the aware ``now`` the timestamp ``text`` lies.
+
+    A naive timestamp is local time in ``zone``, or in this computer's zone
+    when ``zone`` is None. None when the text cannot be placed in time.
+    """
+    try:
+        moment = parse_timestamp(text)
+        if moment.tzinfo is None:
+            moment = localize(moment, zone) if zone is not None else moment.astimezone()
+        return now - moment
+    except (ValueError, OverflowError):
+        return None
+
+
 def _readings(moment: datetime, zone: Optional[tzinfo]) -> list[datetime]:
     """Return the instants a timestamp can mean: one, or two for a naive local time."""
     if moment.tzinfo is not None or zone is None:
         return [moment if moment.tzinfo is None else moment.astimezone(timezone.utc)]
-    localize = getattr(zone, "localize", None)  # a pytz zone
-    if localize is not None:
-        readings = [localize(moment, is_dst=True), localize(moment, is_dst=False)]
-    else:
-        readings = [moment.replace(tzinfo=zone, fold=0), moment.replace(tzinfo=zone, fold=1)]
     # In UTC, so that readings in one zone subtract as instants, not wall times.
-    readings = [reading.astimezone(timezone.utc) for reading in readings]
+    readings = [localize(moment, zone, dst=dst).astimezone(timezone.utc) for dst in (True, False)]
     return readings if readings[0] != readings[1] else readings[:1]
 
 

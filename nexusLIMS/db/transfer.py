@@ -16,19 +16,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
 from nexusLIMS.db.connection import Connection, connect, removed_if_failed
 from nexusLIMS.db.errors import UnsupportedDatabaseError
-from nexusLIMS.db.schema import (
-    INSTRUMENTS,
-    SCHEMA_VERSION,
-    SESSION_LOG,
-    TABLES,
-    Table,
-    create_statements,
-    forget,
-    inspect,
-)
+from nexusLIMS.db.schema import SCHEMA_VERSION, SESSION_LOG, TABLES, Table, forget, inspect
+from nexusLIMS.db.tables import quoted_columns
 
 __all__ = ["CopyResult", "Progress", "TableCopy", "copy_database"]
 
@@ -59,11 +52,6 @@ class CopyResult:
     next_log_id: int
 
 
-def _select(table: Table) -> str:
-    columns = ", ".join(f'"{c}"' for c in table.column_names)
-    return f"SELECT {columns} FROM {table.name} ORDER BY {table.columns[0].name}"
-
-
 def _digest(rows: Any, checksum: Any) -> int:
     """Feed ``rows`` to ``checksum``, values as text whatever the backend; return the count."""
     count = 0
@@ -84,21 +72,15 @@ def _target_tables(conn: Connection, force: bool) -> None:
             f"{where} holds tables of another application ({', '.join(info.foreign_tables)}); "
             f"not copying into it (use another target, or --force)")
     ours = [table for table in TABLES if table.name in info.tables]
-    filled = [t.name for t in ours if conn.scalar(f"SELECT count(*) FROM {t.name}")]
+    filled = [t.name for t in ours if conn.scalar(queries.count(t))]
     if filled and not force:
         raise UnsupportedDatabaseError(
             f"{where} is not empty ({', '.join(filled)} hold rows); not copying into it "
             f"(use an empty target, or --force to replace its NexusLIMS tables)")
     for table in reversed(ours):  # dependants first
         conn.execute(f"DROP TABLE {table.name}")
-    for statement in create_statements(conn.dialect):
+    for statement in conn.backend.ddl.create_statements():
         conn.execute(statement)
-
-
-def _orphans(conn: Connection) -> int:
-    return int(conn.scalar(
-        f"SELECT count(*) FROM {SESSION_LOG.name} WHERE instrument NOT IN "
-        f"(SELECT instrument_pid FROM {INSTRUMENTS.name})"))
 
 
 def copy_database(
@@ -147,7 +129,8 @@ def copy_database(
                 connect(destination, begin="IMMEDIATE", create=True, foreign_keys=False) as dst:
             info = inspect(src)
             info.check_usable()
-            if dst.dialect == "postgresql" and (orphans := _orphans(src)):
+            if not dst.backend.is_file and (orphans := int(src.scalar(
+                    queries.COUNT_ORPHAN_LOGS))):
                 raise ValueError(
                     f"{origin} has {orphans} session logs of instruments missing from its "
                     f"instruments table, which PostgreSQL cannot hold; add those instruments "
@@ -156,11 +139,11 @@ def copy_database(
             for table in TABLES:
                 if table.name in info.tables:
                     copied.append(_copy_table(src, dst, table, progress))
-            counter = max(src.backend.id_counter(src, SESSION_LOG.name, "id_session_log") or 0,
-                          int(src.scalar(f"SELECT max(id_session_log) FROM {SESSION_LOG.name}")
-                              or 0))
-            dst.backend.set_id_counter(dst, SESSION_LOG.name, "id_session_log", counter)
-            dst.backend.set_schema_version(dst, SCHEMA_VERSION)
+            counter = max(
+                src.backend.id_counter(src.raw, SESSION_LOG.name, "id_session_log") or 0,
+                int(src.scalar(queries.MAX_LOG_ID) or 0))
+            dst.backend.set_id_counter(dst.raw, SESSION_LOG.name, "id_session_log", counter)
+            dst.backend.set_schema_version(dst.raw, SCHEMA_VERSION)
         forget(destination)
     logger.info("Copied %s to %s (%s)", origin, destination,
                 ", ".join(f"{c.table}: {c.rows} rows" for c in copied))
@@ -170,11 +153,11 @@ def copy_database(
 def _copy_table(src: Connection, dst: Connection, table: Table,
                 progress: Optional[Progress]) -> TableCopy:
     """Copy one table in chunks, then check the target's rows against the source's."""
-    total = int(src.scalar(f"SELECT count(*) FROM {table.name}"))
-    columns = [f'"{c}"' for c in table.column_names]
+    total = int(src.scalar(queries.count(table)))
+    columns = quoted_columns(table)
     sent = hashlib.sha256()
     done = 0
-    cursor = src.execute(_select(table))
+    cursor = src.execute(queries.select_all(table))
     while rows := cursor.fetchmany(_CHUNK):
         _digest(rows, sent)
         dst.insert_rows(table.name, columns, [tuple(row) for row in rows])
@@ -182,7 +165,7 @@ def _copy_table(src: Connection, dst: Connection, table: Table,
         if progress is not None:
             progress(table.name, done, total)
     stored = hashlib.sha256()
-    count = _digest(dst.execute(_select(table)).fetchall(), stored)
+    count = _digest(dst.execute(queries.select_all(table)).fetchall(), stored)
     if (count, stored.hexdigest()) != (done, sent.hexdigest()) or done != total:
         raise RuntimeError(
             f"The copy of {table.name} does not match its source ({count} of {total} rows, "

@@ -1,86 +1,98 @@
 """The PostgreSQL backend (the ``postgres`` extra: psycopg 3 and sqlglot).
 
-Connections are kept in a small pool per database URL, since opening one
-costs several round trips to the server. A writers' transaction
-that reads then writes (``BEGIN IMMEDIATE`` in SQLite) takes a
-transaction-level advisory lock, so that such writers are serialized as
-SQLite serializes them; other writes rely on PostgreSQL's row locks. Lock
-waits are bounded by ``SET LOCAL lock_timeout``. The package's ``?`` placeholders become
-psycopg's ``%s`` through sqlglot's tokenizer, which knows SQL's quoting.
+Connections are kept in a small pool per database, since opening one costs
+several round trips to the server. A writers' transaction that reads then
+writes (``BEGIN IMMEDIATE`` in SQLite) takes a transaction-level advisory
+lock, so that such writers are serialized as SQLite serializes them; other
+writes rely on PostgreSQL's row locks. Lock waits are bounded by ``SET LOCAL
+lock_timeout``. The package's ``?`` placeholders become psycopg's ``%s``
+(:func:`~nexusLIMS.db.backends.translate.native_sql`).
 """
 
 from __future__ import annotations
 
-import atexit
 import select
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus, TransactionStatus
-from sqlglot import TokenType
-from sqlglot.dialects.postgres import Postgres
 
-from nexusLIMS.db.backends import insert_statement
+from nexusLIMS.db.backends import Pool, insert_statement, writes_to_parent
+from nexusLIMS.db.backends.ddl import POSTGRESQL_DDL, Dialect
+from nexusLIMS.db.backends.translate import native_sql, to_postgres
 from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout
 from nexusLIMS.db.config import Backend as BackendName
-from nexusLIMS.db.errors import DatabaseConfigError, DatabaseUnavailableError
+from nexusLIMS.db.errors import (
+    ConstraintError,
+    ConstraintKind,
+    DatabaseConfigError,
+    DatabaseLockedError,
+    DatabaseUnavailableError,
+    NexusLIMSDBError,
+)
+from nexusLIMS.db.tables import KEEP_LOGS_MESSAGE, Table, quote
 
-if TYPE_CHECKING:  # pragma: no cover
-    from nexusLIMS.db.connection import Connection
-
-__all__ = ["POSTGRESQL", "close_pools", "native_sql"]
+__all__ = ["POSTGRESQL", "WRITERS_LOCK", "native_sql"]
 
 #: The advisory lock of writers' transactions ("NXLM" in ASCII).
 WRITERS_LOCK = 0x4E584C4D
-_VERSION_TABLE = "nexuslims_schema_version"
 _POOL_SIZE = 4
-_QUOTED = frozenset({TokenType.STRING, TokenType.IDENTIFIER, TokenType.NATIONAL_STRING})
 _MAX_MS = 2**31 - 1  # the largest lock_timeout PostgreSQL takes, in milliseconds
 # Rows from which a COPY (two round trips, then a stream) beats an executemany
 # (one pipelined round trip, then a statement per row).
 _COPY_FROM = 100
 _ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL",
               "d": "SET DEFAULT"}
+_CONSTRAINTS: dict[str, tuple[type[psycopg.IntegrityError], ConstraintKind]] = {
+    "23503": (pg_errors.ForeignKeyViolation, ConstraintKind.FOREIGN_KEY),
+    "23001": (pg_errors.RestrictViolation, ConstraintKind.RESTRICT),
+    "23514": (pg_errors.CheckViolation, ConstraintKind.CHECK),
+    "23505": (pg_errors.UniqueViolation, ConstraintKind.UNIQUE),
+    "23502": (pg_errors.NotNullViolation, ConstraintKind.NOT_NULL),
+}
 
 
-@lru_cache(maxsize=512)
-def native_sql(sql: str) -> str:
-    """Return ``sql`` with ``?`` and ``:name`` placeholders as psycopg's ``%s`` / ``%(name)s``.
+class _ForeignKeyError(ConstraintError, pg_errors.ForeignKeyViolation):
+    """A foreign key was violated (also psycopg's ``ForeignKeyViolation``)."""
 
-    Every other ``%`` (in literals, comments or the modulo operator) is
-    doubled, as psycopg requires. Outside literals and quoted names, ``?`` is
-    always a placeholder, also where PostgreSQL's tokenizer reads it as the
-    start of an operator (``?::integer``, ``?||?``).
-    """
-    tokens = Postgres().tokenize(sql)
-    parts: list[str] = []
-    position = 0
-    index = 0
-    while index < len(tokens):
-        token = tokens[index]
-        parts.append(sql[position : token.start].replace("%", "%%"))
-        following = tokens[index + 1] if index + 1 < len(tokens) else None
-        if token.token_type == TokenType.PLACEHOLDER and token.text == "?":
-            parts.append("%s")
-        elif token.text.startswith("?") and token.token_type not in _QUOTED:
-            parts.append("%s" + token.text[1:].replace("%", "%%"))
-        elif (token.token_type == TokenType.COLON and following is not None
-              and following.start == token.end + 1 and following.text.isidentifier()):
-            parts.append(f"%({following.text})s")
-            index += 1
-            token = following
-        else:
-            parts.append(sql[token.start : token.end + 1].replace("%", "%%"))
-        position = token.end + 1
-        index += 1
-    parts.append(sql[position:].replace("%", "%%"))
-    return "".join(parts)
+
+class _RestrictError(ConstraintError, pg_errors.RestrictViolation):
+    """A parent with rows was deleted (also psycopg's ``RestrictViolation``)."""
+
+
+class _CheckError(ConstraintError, pg_errors.CheckViolation):
+    """A CHECK was violated (also psycopg's ``CheckViolation``)."""
+
+
+class _UniqueError(ConstraintError, pg_errors.UniqueViolation):
+    """A unique value was repeated (also psycopg's ``UniqueViolation``)."""
+
+
+class _NotNullError(ConstraintError, pg_errors.NotNullViolation):
+    """A required value was missing (also psycopg's ``NotNullViolation``)."""
+
+
+class _OtherConstraintError(ConstraintError, psycopg.IntegrityError):
+    """Another constraint was violated (also psycopg's ``IntegrityError``)."""
+
+
+# The package's class for each of psycopg's (which it also is).
+_CLASSES: dict[type[psycopg.IntegrityError], type[ConstraintError]] = {
+    pg_errors.ForeignKeyViolation: _ForeignKeyError, pg_errors.RestrictViolation: _RestrictError,
+    pg_errors.CheckViolation: _CheckError, pg_errors.UniqueViolation: _UniqueError,
+    pg_errors.NotNullViolation: _NotNullError, psycopg.IntegrityError: _OtherConstraintError,
+}
+
+
+class _LockedError(DatabaseLockedError, pg_errors.LockNotAvailable):
+    """A lock was held longer than the timeout (also psycopg's ``LockNotAvailable``)."""
 
 
 def _local_timezone() -> str:
@@ -139,91 +151,91 @@ def _alive(raw: psycopg.Connection[Any]) -> bool:
     return not readable and bool(raw.pgconn.status == ConnStatus.OK)
 
 
-class _Pools:
-    """Idle connections by database URL, closed at exit."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
-    def __init__(self) -> None:
+
+class _Server:
+    """Connections to one server database: up to a few idle ones kept for reuse."""
+
+    def __init__(self, location: DatabaseLocation) -> None:
+        self.location = location
         self._lock = threading.Lock()
-        self._idle: dict[str, list[psycopg.Connection[Any]]] = {}
+        self._idle: list[psycopg.Connection[Any]] = []
 
-    def take(self, target: str) -> Optional[psycopg.Connection[Any]]:
+    def take(self, *, create: bool, foreign_keys: bool) -> Any:
+        zone = _local_timezone()
         with self._lock:
-            idle = self._idle.get(target, [])
-            while idle:
-                raw = idle.pop()
+            while self._idle:
+                raw = self._idle.pop()
                 if _alive(raw):
-                    return raw
-                _zones.pop(id(raw), None)
+                    break
                 raw.close()
-        return None
+            else:
+                raw = None
+        if raw is not None:
+            # The session's zone is what the server reports; the local offset
+            # may have changed since (daylight saving time).
+            if raw.info.parameter_status("TimeZone") != zone:
+                raw.execute(f"SET TimeZone = '{zone}'")
+            return raw
+        return self._connect(zone)
 
-    def give(self, target: str, raw: psycopg.Connection[Any]) -> None:
+    def _connect(self, zone: str) -> psycopg.Connection[Any]:
+        location = self.location
+        try:
+            options = conninfo_to_dict(location.target).get("options") or ""
+        except psycopg.ProgrammingError as exc:
+            raise DatabaseConfigError(
+                f"The URL of PostgreSQL {_where(location)} ({location}, from {location.source}) "
+                f"is not valid: {_one_line(exc)}") from None
+        try:
+            return psycopg.connect(
+                location.target, autocommit=True,
+                connect_timeout=int(max(2, min(lock_timeout(), 10))),
+                options=f"{options} -c TimeZone={zone}".strip(),
+            )
+        except psycopg.Error as exc:
+            raise DatabaseUnavailableError(
+                f"Cannot connect to PostgreSQL {_where(location)} ({location}): {_one_line(exc)}"
+            ) from None
+
+    def give(self, raw: Any) -> None:
         healthy = not raw.closed and raw.info.transaction_status == TransactionStatus.IDLE
         with self._lock:
-            idle = self._idle.setdefault(target, [])
-            if healthy and len(idle) < _POOL_SIZE:
-                idle.append(raw)
+            if healthy and len(self._idle) < _POOL_SIZE:
+                self._idle.append(raw)
                 return
-        _zones.pop(id(raw), None)
         raw.close()
 
     def close(self) -> None:
         with self._lock:
-            pools, self._idle = self._idle, {}
-        for idle in pools.values():
-            for raw in idle:
-                _zones.pop(id(raw), None)
-                raw.close()
+            idle, self._idle = self._idle, []
+        for raw in idle:
+            raw.close()
 
 
-_pools = _Pools()
-# The session time zone each pooled connection was given (by id()).
-_zones: dict[int, str] = {}
-atexit.register(_pools.close)
-
-
-def close_pools() -> None:
-    """Close every idle pooled connection (the test fixtures call it when done)."""
-    _pools.close()
+def _scalar(raw: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+    row = raw.execute(sql, params).fetchone()
+    return None if row is None else row[0]
 
 
 class _PostgreSQL:
     """The PostgreSQL backend (see :class:`~nexusLIMS.db.backends.Backend`)."""
 
     name: BackendName = "postgresql"
-    integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
-    #: What locks the rows a SELECT reads until the transaction ends (SQLite: its
-    #: write transaction already keeps every other writer out).
-    lock_rows = " FOR UPDATE"
+    ddl: Dialect = POSTGRESQL_DDL
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+    integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
+    lock_rows = " FOR UPDATE"
+    # One plain read: no join plan can go wrong on stale statistics.
+    pairs_through_index = False
+    is_file = False
 
-    def open(self, location: DatabaseLocation, *, create: bool, foreign_keys: bool) -> Any:
-        zone = _local_timezone()
-        raw = _pools.take(location.target)
-        if raw is not None:
-            if _zones.get(id(raw)) != zone:  # the local offset changed (daylight saving)
-                raw.execute(f"SET TimeZone = '{zone}'")
-                _zones[id(raw)] = zone
-            return raw
-        try:
-            options = conninfo_to_dict(location.target).get("options") or ""
-        except psycopg.ProgrammingError as exc:
-            raise DatabaseConfigError(
-                f"The URL of PostgreSQL {_where(location)} ({location}, from {location.source}) "
-                f"is not valid: {' '.join(str(exc).split())}") from None
-        try:
-            raw = psycopg.connect(
-                location.target, autocommit=True,
-                connect_timeout=int(max(2, min(lock_timeout(), 10))),
-                options=f"{options} -c TimeZone={zone}".strip(),
-            )
-        except psycopg.Error as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise DatabaseUnavailableError(
-                f"Cannot connect to PostgreSQL {_where(location)} ({location}): {reason}"
-            ) from None
-        _zones[id(raw)] = zone
-        return raw
+    # --- connections -----------------------------------------------------------
+
+    def pool(self, location: DatabaseLocation) -> Pool:
+        return _Server(location)
 
     def open_watch(self, location: DatabaseLocation) -> Any:
         return None  # a server has no cheap counter of commits: look every time
@@ -231,22 +243,17 @@ class _PostgreSQL:
     def data_version(self, raw: Any) -> Optional[int]:
         return None
 
-    def release(self, location: DatabaseLocation, raw: Any) -> None:
-        """Return a connection to the pool (or close it, if it is in a bad state)."""
-        _pools.give(location.target, raw)
-
-    def begin(self, conn: Connection, mode: str, timeout: float) -> str:
-        conn.raw.execute("; ".join(_begin_statements(mode, timeout)))  # one round trip
+    def begin(self, raw: Any, mode: str, timeout: float) -> str:
+        raw.execute("; ".join(_begin_statements(mode, timeout)))  # one round trip
         return _traced_begin(mode)
 
-    def execute(self, conn: Connection, sql: str, params: Any, timeout: float) -> Any:
+    def execute(self, raw: Any, sql: str, params: Any, timeout: float) -> Any:
         # Always with a params object (maybe empty), so that psycopg turns %% back into %.
-        return conn.raw.execute(native_sql(sql), params if params is not None else ())
+        return raw.execute(native_sql(sql), params if params is not None else ())
 
     def write_alone(
-        self, conn: Connection, sql: str, params: Any, mode: str, timeout: float
+        self, raw: Any, sql: str, params: Any, mode: str, timeout: float
     ) -> tuple[str, int]:
-        raw = conn.raw
         # A pipeline sends every statement, then waits once: one round trip.
         with raw.pipeline():
             for statement in _begin_statements(mode, timeout):
@@ -255,95 +262,154 @@ class _PostgreSQL:
             raw.execute("COMMIT")
         return _traced_begin(mode), int(cursor.rowcount)
 
-    def executemany(self, conn: Connection, sql: str, rows: Sequence[Any]) -> None:
-        with conn.raw.cursor() as cursor:
+    def executemany(self, raw: Any, sql: str, rows: Sequence[Any]) -> None:
+        with raw.cursor() as cursor:
             cursor.executemany(native_sql(sql), rows)
 
     def insert_rows(
-        self, conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self, raw: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         if len(rows) < _COPY_FROM:
-            self.executemany(conn, insert_statement(table, columns), rows)
+            self.executemany(raw, insert_statement(table, columns), rows)
             return
         # COPY: one stream of rows, checked as INSERTs are, at a fraction of their cost.
-        with conn.raw.cursor() as cursor, \
+        with raw.cursor() as cursor, \
                 cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def insert_id(self, raw: Any, sql: str, params: Any, key: str, timeout: float) -> int:
+        row = raw.execute(native_sql(f"{sql} RETURNING {key}"), params).fetchone()
+        return int(row[0])
 
     def in_values(self, column: str, values: Sequence[Any]) -> list[tuple[str, Sequence[Any]]]:
         # One array parameter: one short statement to plan, however many values.
         return [(f"{column} = ANY(?)", (list(values),))] if values else []
 
-    def insert_id(self, conn: Connection, sql: str, params: Any, key: str, timeout: float) -> int:
-        row = conn.raw.execute(native_sql(f"{sql} RETURNING {key}"), params).fetchone()
-        return int(row[0])
-
     def in_transaction(self, raw: Any) -> bool:
         return bool(raw.info.transaction_status != TransactionStatus.IDLE)
 
-    def explain(self, exc: BaseException, location: DatabaseLocation) -> Optional[BaseException]:
+    def rollback(self, raw: Any) -> None:
+        raw.execute("ROLLBACK")
+
+    def translate(
+        self, exc: BaseException, location: DatabaseLocation, statement: str = ""
+    ) -> Optional[BaseException]:
+        if isinstance(exc, NexusLIMSDBError) or not isinstance(exc, psycopg.Error):
+            return None
         if isinstance(exc, pg_errors.LockNotAvailable):
-            return type(exc)(
+            return _LockedError(
                 f"database is locked: another program kept {location} locked for longer than "
                 f"{ENV_TIMEOUT} ({lock_timeout():g} s); try again, or raise {ENV_TIMEOUT}")
-        if isinstance(exc, pg_errors.ForeignKeyViolation) and "instruments" in str(exc) \
-                and "still referenced" in str(exc):
-            return type(exc)(
-                "cannot delete or replace an instrument that has session_log rows: its history "
-                "would be lost (to rename it, UPDATE instruments SET instrument_pid; to remove "
-                f"it, first delete its session_log rows): {str(exc).splitlines()[0]}")
-        lost = isinstance(exc, psycopg.OperationalError) \
-            and not isinstance(exc, pg_errors.QueryCanceled)
-        if lost:
+        if isinstance(exc, psycopg.IntegrityError):
+            return _constraint_error(exc, statement)
+        if isinstance(exc, psycopg.OperationalError) \
+                and not isinstance(exc, pg_errors.QueryCanceled):
             return DatabaseUnavailableError(
-                f"Lost the connection to PostgreSQL {_where(location)}: "
-                f"{' '.join(str(exc).split()) or type(exc).__name__}")
+                f"Lost the connection to PostgreSQL {_where(location)}: {_one_line(exc)}")
         return None
 
-    def table_names(self, conn: Connection) -> set[str]:
-        return {name for (name,) in conn.fetchall(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+    def from_sqlite_sql(self, sql: str) -> str:
+        return to_postgres(sql)
 
-    def column_names(self, conn: Connection, table: str) -> list[str]:
-        return [name for (name,) in conn.fetchall(
+    # --- the catalogue ---------------------------------------------------------
+
+    def table_names(self, raw: Any) -> set[str]:
+        return {name for (name,) in raw.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()}
+
+    def column_names(self, raw: Any, table: str) -> list[str]:
+        return [name for (name,) in raw.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-            "current_schema() AND table_name = ? ORDER BY ordinal_position", (table,))]
+            "current_schema() AND table_name = %s ORDER BY ordinal_position", (table,)).fetchall()]
 
-    def index_names(self, conn: Connection, table: str) -> set[str]:
-        return {name for (name,) in conn.fetchall(
+    def index_names(self, raw: Any, table: str) -> set[str]:
+        return {name for (name,) in raw.execute(
             "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
-            "AND tablename = ? AND indexname NOT IN (SELECT conname FROM pg_constraint "
-            "WHERE conrelid = to_regclass(?))", (table, table))}
+            "AND tablename = %s AND indexname NOT IN (SELECT conname FROM pg_constraint "
+            "WHERE conrelid = to_regclass(%s))", (table, table)).fetchall()}
 
-    def on_delete_action(self, conn: Connection, table: str, column: str) -> Optional[str]:
-        action = conn.scalar(
-            "SELECT c.confdeltype FROM pg_constraint AS c JOIN pg_attribute AS a "
-            "ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
-            "WHERE c.conrelid = to_regclass(?) AND c.contype = 'f' AND a.attname = ?",
+    def on_delete_action(self, raw: Any, table: str, column: str) -> Optional[str]:
+        action = _scalar(
+            raw, "SELECT c.confdeltype FROM pg_constraint AS c JOIN pg_attribute AS a "
+                 "ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+                 "WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' AND a.attname = %s",
             (table, column))
         return None if action is None else _ON_DELETE.get(str(action), str(action))
 
-    def id_counter(self, conn: Connection, table: str, column: str) -> Optional[int]:
-        sequence = conn.scalar("SELECT pg_get_serial_sequence(?, ?)", (table, column))
+    def id_counter(self, raw: Any, table: str, column: str) -> Optional[int]:
+        sequence = _scalar(raw, "SELECT pg_get_serial_sequence(%s, %s)", (table, column))
         if sequence is None:
             return None
-        row = conn.fetchone(f"SELECT last_value, is_called FROM {sequence}")
+        row = raw.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
         return None if row is None or not row[1] else int(row[0])
 
-    def set_id_counter(self, conn: Connection, table: str, column: str, value: int) -> None:
-        conn.execute("SELECT setval(pg_get_serial_sequence(?, ?), ?, ?)",
-                     (table, column, max(int(value), 1), int(value) >= 1))
+    def set_id_counter(self, raw: Any, table: str, column: str, value: int) -> None:
+        raw.execute("SELECT setval(pg_get_serial_sequence(%s, %s), %s, %s)",
+                    (table, column, max(int(value), 1), int(value) >= 1))
 
-    def schema_version(self, conn: Connection) -> int:
-        if not conn.scalar("SELECT to_regclass(?) IS NOT NULL", (_VERSION_TABLE,)):
+    def schema_version(self, raw: Any) -> int:
+        version_table = POSTGRESQL_DDL.version_table
+        if not _scalar(raw, "SELECT to_regclass(%s) IS NOT NULL", (version_table,)):
             return 0
-        return int(conn.scalar(f"SELECT max(version) FROM {_VERSION_TABLE}") or 0)
+        return int(_scalar(raw, f"SELECT max(version) FROM {version_table}") or 0)
 
-    def set_schema_version(self, conn: Connection, version: int) -> None:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {_VERSION_TABLE} (version INTEGER NOT NULL)")
-        conn.execute(f"DELETE FROM {_VERSION_TABLE}")
-        conn.execute(f"INSERT INTO {_VERSION_TABLE} (version) VALUES (?)", (int(version),))
+    def set_schema_version(self, raw: Any, version: int) -> None:
+        create, insert = POSTGRESQL_DDL.version_statements(version)
+        raw.execute(create)
+        raw.execute(f"DELETE FROM {POSTGRESQL_DDL.version_table}")
+        raw.execute(insert)
+
+    def size(self, raw: Any, location: DatabaseLocation) -> Optional[int]:
+        size = _scalar(raw, "SELECT pg_database_size(current_database())")
+        return None if size is None else int(size)
+
+    # --- migration mechanics -----------------------------------------------------
+
+    def guard_old_schema(self, raw: Any, version: int) -> None:
+        """Nothing to guard: the foreign key itself refuses (see ``restrict_deletes``)."""
+
+    def blockers(self, raw: Any, table: str) -> list[str]:
+        return []  # constraints change in place, under views and triggers alike
+
+    def apply_constraints(self, raw: Any, table: Table, known_indexes: set[str]) -> None:
+        # PostgreSQL changes constraints in place; the indexes stay.
+        names = [name for (name,) in raw.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) "
+            "AND contype IN ('c', 'f')", (table.name,)).fetchall()]
+        for name in names:
+            raw.execute(f"ALTER TABLE {table.name} DROP CONSTRAINT {quote(name)}")
+        for column in table.columns:
+            if column.allowed:
+                raw.execute(f"ALTER TABLE {table.name} ADD CONSTRAINT "
+                            f"{table.name}_{column.name}_check {POSTGRESQL_DDL.check(column)}")
+            if column.references:
+                # NOT VALID keeps rows whose instrument is gone, as SQLite does.
+                raw.execute(f"ALTER TABLE {table.name} ADD CONSTRAINT "
+                            f"{table.name}_{column.name}_fkey FOREIGN KEY ({quote(column.name)}) "
+                            f"{POSTGRESQL_DDL.references(column)} NOT VALID")
+
+    def restrict_deletes(self, raw: Any) -> None:
+        """Nothing beyond the foreign key: its refusal is explained by :meth:`translate`."""
+
+    def backup(self, raw: Any, target: Path) -> Optional[Path]:
+        return None  # a server backs itself up (pg_dump)
+
+    def compact(self, location: DatabaseLocation) -> bool:
+        return False  # the autovacuum daemon does it
+
+    def removed_if_failed(self, location: DatabaseLocation) -> AbstractContextManager[None]:
+        return nullcontext()  # a server database is never created here
+
+
+def _constraint_error(exc: psycopg.IntegrityError, statement: str) -> ConstraintError:
+    """Return the package's error for a constraint psycopg reports, by SQLSTATE."""
+    cls, kind = _CONSTRAINTS.get(exc.sqlstate or "", (psycopg.IntegrityError, ConstraintKind.OTHER))
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if kind is ConstraintKind.FOREIGN_KEY and writes_to_parent(statement):
+        # A foreign key refusing to delete (or replace) an instrument with logs.
+        kind, message = ConstraintKind.RESTRICT, f"{KEEP_LOGS_MESSAGE}: {message}"
+    return _CLASSES[cls](message).classified(kind, exc.diag.constraint_name, exc.diag.table_name)
 
 
 #: The PostgreSQL backend.

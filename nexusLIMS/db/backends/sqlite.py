@@ -13,18 +13,26 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
-from urllib.parse import quote
+from typing import Any, Callable, Optional, Sequence, TypeVar
+from urllib.parse import quote as quote_url
 
-from nexusLIMS.db.backends import insert_statement
+from nexusLIMS.db.backends import Pool, insert_statement, writes_to_parent
+from nexusLIMS.db.backends.ddl import SQLITE_DDL, Dialect
 from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout
 from nexusLIMS.db.config import Backend as BackendName
+from nexusLIMS.db.errors import (
+    ConstraintError,
+    ConstraintKind,
+    DatabaseLockedError,
+    MigrationError,
+    NexusLIMSDBError,
+)
+from nexusLIMS.db.tables import KEEP_LOGS_MESSAGE, KEEPS_LOGS_SINCE, Table, quoted_columns
 
-if TYPE_CHECKING:  # pragma: no cover
-    from nexusLIMS.db.connection import Connection
-
-__all__ = ["SQLITE", "backup_file", "sqlite_uri"]
+__all__ = ["SQLITE", "sqlite_uri"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +40,36 @@ logger = logging.getLogger(__name__)
 #: holds the writers' lock (see _retry_busy); then only readers are waited for.
 BUSY_SLICE = 0.0
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.0005, 0.01
-_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
 _MAX_MS = 2**31 - 1  # the largest wait SQLite takes, in milliseconds
 _IN_LIST = 500  # values per IN list, below the oldest SQLite limit of 999 parameters
 T = TypeVar("T")
+
+# SQLite's primary result codes (the low byte of an extended code).
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+# Extended codes of SQLITE_CONSTRAINT (19).
+_CONSTRAINTS = {
+    275: ConstraintKind.CHECK, 787: ConstraintKind.FOREIGN_KEY, 1299: ConstraintKind.NOT_NULL,
+    1555: ConstraintKind.UNIQUE, 2067: ConstraintKind.UNIQUE, 2579: ConstraintKind.UNIQUE,
+}
+# Python before 3.11 gives no result code: the message's words, SQLite's own (English).
+_CODE_WORDS = (
+    ("database is locked", _BUSY), ("database table is locked", _LOCKED),
+    ("file is not a database", _NOTADB), ("malformed", _CORRUPT),
+    ("unable to open database file", _CANTOPEN), ("readonly database", _READONLY),
+    ("disk is full", _FULL), ("disk I/O error", _IOERR),
+)
+_CONSTRAINT_WORDS = (
+    ("FOREIGN KEY constraint failed", 787), ("CHECK constraint failed", 275),
+    ("NOT NULL constraint failed", 1299), ("UNIQUE constraint failed", 2067),
+)
+
+
+class _ConstraintError(ConstraintError, sqlite3.IntegrityError):
+    """A constraint SQLite enforces was broken (also a ``sqlite3.IntegrityError``)."""
+
+
+class _LockedError(DatabaseLockedError, sqlite3.OperationalError):
+    """Another program held the file's lock too long (also a ``sqlite3.OperationalError``)."""
 
 
 def sqlite_uri(path: PurePath) -> str:
@@ -49,14 +83,22 @@ def sqlite_uri(path: PurePath) -> str:
     if not posix.startswith("/"):  # a drive path: C:/data -> /C:/data
         posix = "/" + posix
     prefix = "file://" if posix.startswith("//") else "file:"
-    return prefix + quote(posix, safe="/:")
+    return prefix + quote_url(posix, safe="/:")
+
+
+def _code(exc: sqlite3.Error) -> int:
+    """Return SQLite's extended result code of ``exc`` (from its words before Python 3.11)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code)
+    text = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError):
+        return next((number for words, number in _CONSTRAINT_WORDS if words in text), 19)
+    return next((number for words, number in _CODE_WORDS if words in text), 1)
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-    if code is not None:
-        return code & 0xFF in _BUSY_CODES
-    return "database is locked" in str(exc) or "database table is locked" in str(exc)
+    return _code(exc) & 0xFF in (_BUSY, _LOCKED)
 
 
 def _retry_busy(run: Callable[[], T], timeout: float) -> T:
@@ -79,28 +121,28 @@ def _retry_busy(run: Callable[[], T], timeout: float) -> T:
         pause = min(pause * 2, _LONGEST_PAUSE)
 
 
-def _open(path: Path, *, create: bool) -> sqlite3.Connection:
+def _open(path: Path, *, create: bool, same_thread: bool = True) -> sqlite3.Connection:
     # mode=rw makes SQLite itself refuse to create the file, even if it was
     # removed after the location was resolved; only init_db uses rwc.
     uri = f"{sqlite_uri(path)}?mode={'rwc' if create else 'rw'}"
-    return sqlite3.connect(uri, uri=True, timeout=BUSY_SLICE, isolation_level=None)
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_SLICE, isolation_level=None,
+                           check_same_thread=same_thread)
 
 
-class _SQLite:
-    """The SQLite backend (see :class:`~nexusLIMS.db.backends.Backend`)."""
+def _rows(raw: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return list(_retry_busy(lambda: raw.execute(sql, params).fetchall(), lock_timeout()))
 
-    name: BackendName = "sqlite"
-    integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
-    #: What locks the rows a SELECT reads until the transaction ends (SQLite: its
-    #: write transaction already keeps every other writer out).
-    lock_rows = ""
-    driver_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
-    def open(self, location: DatabaseLocation, *, create: bool, foreign_keys: bool) -> Any:
-        path = location.path
+class _Files:
+    """Connections to one file: a new one for every transaction (opening one is cheap)."""
+
+    def __init__(self, location: DatabaseLocation) -> None:
+        self.path = location.path
+
+    def take(self, *, create: bool, foreign_keys: bool) -> Any:
         if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        raw = _open(path, create=create)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        raw = _open(self.path, create=create)
         try:
             raw.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
             # REPLACE's implicit deletes fire delete triggers only with this on.
@@ -110,22 +152,40 @@ class _SQLite:
             raise
         return raw
 
-    def release(self, location: DatabaseLocation, raw: Any) -> None:
+    def give(self, raw: Any) -> None:
         raw.close()
+
+    def close(self) -> None:
+        """Nothing is kept."""
+
+
+class _SQLite:
+    """The SQLite backend (see :class:`~nexusLIMS.db.backends.Backend`)."""
+
+    name: BackendName = "sqlite"
+    ddl: Dialect = SQLITE_DDL
+    driver_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+    #: A write transaction already keeps every other writer out.
+    lock_rows = ""
+    pairs_through_index = True
+    is_file = True
+
+    # --- connections -----------------------------------------------------------
+
+    def pool(self, location: DatabaseLocation) -> Pool:
+        return _Files(location)
 
     def open_watch(self, location: DatabaseLocation) -> Any:
         # Never writes, but may have to roll back a crashed writer's journal.
-        uri = f"{sqlite_uri(location.path)}?mode=rw"
-        return sqlite3.connect(uri, uri=True, timeout=BUSY_SLICE, isolation_level=None,
-                               check_same_thread=False)
+        return _open(location.path, create=False, same_thread=False)
 
     def data_version(self, raw: Any) -> Optional[int]:
         # SQLite's own change counter: it moves when any other connection commits.
         return int(_retry_busy(lambda: raw.execute("PRAGMA data_version").fetchone()[0],
                                lock_timeout()))
 
-    def begin(self, conn: Connection, mode: str, timeout: float) -> str:
-        raw: sqlite3.Connection = conn.raw
+    def begin(self, raw: Any, mode: str, timeout: float) -> str:
         # A write must hold the write lock from the start: a reader that later
         # wants to write can deadlock against another writer.
         statement = "BEGIN DEFERRED" if mode == "DEFERRED" else "BEGIN IMMEDIATE"
@@ -137,138 +197,233 @@ class _SQLite:
         raw.execute(f"PRAGMA busy_timeout = {min(int(remaining * 1000), _MAX_MS)}")
         return statement
 
-    def execute(self, conn: Connection, sql: str, params: Any, timeout: float) -> Any:
-        raw: sqlite3.Connection = conn.raw
+    def execute(self, raw: Any, sql: str, params: Any, timeout: float) -> Any:
         if raw.in_transaction:
             return raw.execute(sql, params)
         return _retry_busy(lambda: raw.execute(sql, params), timeout)
 
     def write_alone(
-        self, conn: Connection, sql: str, params: Any, mode: str, timeout: float
+        self, raw: Any, sql: str, params: Any, mode: str, timeout: float
     ) -> tuple[str, int]:
-        began = self.begin(conn, mode, timeout)
-        count = conn.raw.execute(sql, params).rowcount
-        conn.raw.execute("COMMIT")
+        began = self.begin(raw, mode, timeout)
+        count = raw.execute(sql, params).rowcount
+        raw.execute("COMMIT")
         return began, int(count)
 
-    def executemany(self, conn: Connection, sql: str, rows: Sequence[Any]) -> None:
-        conn.raw.executemany(sql, rows)
+    def executemany(self, raw: Any, sql: str, rows: Sequence[Any]) -> None:
+        raw.executemany(sql, rows)
 
     def insert_rows(
-        self, conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self, raw: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
-        conn.raw.executemany(insert_statement(table, columns), rows)
+        raw.executemany(insert_statement(table, columns), rows)
+
+    def insert_id(self, raw: Any, sql: str, params: Any, key: str, timeout: float) -> int:
+        cursor = self.execute(raw, sql, params, timeout)
+        assert cursor.lastrowid is not None  # an INSERT of one row always sets it
+        return int(cursor.lastrowid)
 
     def in_values(self, column: str, values: Sequence[Any]) -> list[tuple[str, Sequence[Any]]]:
         chunks = [values[first:first + _IN_LIST] for first in range(0, len(values), _IN_LIST)]
         return [(f"{column} IN ({', '.join('?' * len(chunk))})", chunk) for chunk in chunks]
 
-    def insert_id(self, conn: Connection, sql: str, params: Any, key: str, timeout: float) -> int:
-        cursor = self.execute(conn, sql, params, timeout)
-        assert cursor.lastrowid is not None  # an INSERT of one row always sets it
-        return int(cursor.lastrowid)
-
     def in_transaction(self, raw: Any) -> bool:
         return bool(raw.in_transaction)
 
-    def explain(self, exc: BaseException, location: DatabaseLocation) -> Optional[BaseException]:
-        if not isinstance(exc, sqlite3.Error):
+    def rollback(self, raw: Any) -> None:
+        raw.execute("ROLLBACK")
+
+    def translate(
+        self, exc: BaseException, location: DatabaseLocation, statement: str = ""
+    ) -> Optional[BaseException]:
+        if isinstance(exc, NexusLIMSDBError) or not isinstance(exc, sqlite3.Error):
             return None
+        code = _code(exc)
         text = str(exc)
         where = location.describe()
-        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
-            message = (
+        better: sqlite3.Error
+        if isinstance(exc, sqlite3.IntegrityError):
+            kind = _CONSTRAINTS.get(code, ConstraintKind.OTHER)
+            if text == KEEP_LOGS_MESSAGE or (kind is ConstraintKind.FOREIGN_KEY
+                                             and writes_to_parent(statement)):
+                kind = ConstraintKind.RESTRICT  # an instrument with logs, deleted or replaced
+            better = _ConstraintError(text).classified(kind)
+        elif code & 0xFF in (_BUSY, _LOCKED):
+            better = _LockedError(
                 f"database is locked: another program kept {where} locked for longer than "
-                f"{ENV_TIMEOUT} ({lock_timeout():g} s); try again, or raise {ENV_TIMEOUT}"
-            )
-        elif "file is not a database" in text:
-            message = f"{where} is not a SQLite database (file is not a database)"
-        elif "malformed" in text:
-            message = f"{where} is damaged ({text}); restore it from a backup"
-        elif "unable to open database file" in text:
-            message = f"cannot open {where}: {text} (check the file and its folder's permissions)"
-        elif "readonly database" in text:
-            message = f"{where} is read-only: {text}"
-        elif "disk is full" in text or "disk I/O error" in text:
-            message = f"{where}: {text}"
+                f"{ENV_TIMEOUT} ({lock_timeout():g} s); try again, or raise {ENV_TIMEOUT}")
+        # A file that cannot be used: the driver's own class (as NexusLIMS 1.4
+        # raised), in words that name the file and what to do.
+        elif code & 0xFF == _NOTADB:
+            better = type(exc)(f"{where} is not a SQLite database (file is not a database)")
+        elif code & 0xFF == _CORRUPT:
+            better = type(exc)(f"{where} is damaged ({text}); restore it from a backup")
+        elif code & 0xFF == _CANTOPEN:
+            better = type(exc)(
+                f"cannot open {where}: {text} (check the file and its folder's permissions)")
+        elif code & 0xFF == _READONLY:
+            better = type(exc)(f"{where} is read-only: {text}")
+        elif code & 0xFF in (_FULL, _IOERR):
+            better = type(exc)(f"{where}: {text}")
         else:
             return None
-        better = type(exc)(message)
         for attribute in ("sqlite_errorcode", "sqlite_errorname"):
             if hasattr(exc, attribute):
                 setattr(better, attribute, getattr(exc, attribute))
         return better
 
-    def table_names(self, conn: Connection) -> set[str]:
-        return {name for (name,) in conn.fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    def from_sqlite_sql(self, sql: str) -> str:
+        return sql
 
-    def column_names(self, conn: Connection, table: str) -> list[str]:
-        return [name for (name,) in conn.fetchall(
-            "SELECT name FROM pragma_table_info(?) ORDER BY cid", (table,))]
+    # --- the catalogue ---------------------------------------------------------
 
-    def index_names(self, conn: Connection, table: str) -> set[str]:
-        return {name for (name,) in conn.fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-            "AND sql IS NOT NULL", (table,))}
+    def table_names(self, raw: Any) -> set[str]:
+        return {name for (name,) in _rows(
+            raw, "SELECT name FROM sqlite_master WHERE type = 'table'")}
 
-    def on_delete_action(self, conn: Connection, table: str, column: str) -> Optional[str]:
-        row = conn.fetchone(
-            'SELECT on_delete FROM pragma_foreign_key_list(?) WHERE "from" = ?', (table, column))
-        return None if row is None else str(row[0]).upper()
+    def column_names(self, raw: Any, table: str) -> list[str]:
+        return [name for (name,) in _rows(
+            raw, "SELECT name FROM pragma_table_info(?) ORDER BY cid", (table,))]
 
-    def id_counter(self, conn: Connection, table: str, column: str) -> Optional[int]:
-        if "sqlite_sequence" not in self.table_names(conn):
+    def index_names(self, raw: Any, table: str) -> set[str]:
+        return {name for name, _ in self._indexes(raw, table)}
+
+    def _indexes(self, raw: Any, table: str) -> list[tuple[str, str]]:
+        """Return ``(name, sql)`` of the indexes made for ``table`` (not its constraints')."""
+        return [(name, sql) for name, sql in _rows(
+            raw, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+                 "AND sql IS NOT NULL", (table,))]
+
+    def on_delete_action(self, raw: Any, table: str, column: str) -> Optional[str]:
+        found = _rows(raw, 'SELECT on_delete FROM pragma_foreign_key_list(?) WHERE "from" = ?',
+                      (table, column))
+        return str(found[0][0]).upper() if found else None
+
+    def id_counter(self, raw: Any, table: str, column: str) -> Optional[int]:
+        if "sqlite_sequence" not in self.table_names(raw):
             return None
-        value = conn.scalar("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
-        return None if value is None else int(value)
+        found = _rows(raw, "SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
+        return int(found[0][0]) if found and found[0][0] is not None else None
 
-    def set_id_counter(self, conn: Connection, table: str, column: str, value: int) -> None:
+    def set_id_counter(self, raw: Any, table: str, column: str, value: int) -> None:
         # AUTOINCREMENT keeps its counter in sqlite_sequence (made with the table).
-        if conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?",
-                        (int(value), table)).rowcount == 0:
-            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)",
-                         (table, int(value)))
+        if raw.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?",
+                       (int(value), table)).rowcount == 0:
+            raw.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)",
+                        (table, int(value)))
 
-    def schema_version(self, conn: Connection) -> int:
-        return int(conn.scalar("PRAGMA user_version"))
+    def schema_version(self, raw: Any) -> int:
+        return int(_rows(raw, "PRAGMA user_version")[0][0])
 
-    def set_schema_version(self, conn: Connection, version: int) -> None:
-        conn.execute(f"PRAGMA user_version = {int(version)}")
+    def set_schema_version(self, raw: Any, version: int) -> None:
+        raw.execute(f"PRAGMA user_version = {int(version)}")
+
+    def size(self, raw: Any, location: DatabaseLocation) -> Optional[int]:
+        return location.path.stat().st_size
+
+    # --- migration mechanics -----------------------------------------------------
+
+    def guard_old_schema(self, raw: Any, version: int) -> None:
+        if version < KEEPS_LOGS_SINCE:
+            raw.execute(SQLITE_DDL.keep_logs_trigger(temporary=True))
+
+    def blockers(self, raw: Any, table: str) -> list[str]:
+        return [f"{kind} {name}" for kind, name in _rows(
+            raw, "SELECT type, name FROM sqlite_master WHERE (type = 'trigger' AND tbl_name = ?) "
+                 "OR (type = 'view' AND sql LIKE ?)", (table, f"%{table}%"))]
+
+    def apply_constraints(self, raw: Any, table: Table, known_indexes: set[str]) -> None:
+        # SQLite cannot change a constraint: the rows move into a new table.
+        old = f"_{table.name}_before_migration"
+        key = table.columns[0].name
+        rows = int(_rows(raw, f"SELECT count(*) FROM {table.name}")[0][0])
+        sequence = self.id_counter(raw, table.name, key)
+        own_indexes = [sql for name, sql in self._indexes(raw, table.name)
+                       if name not in known_indexes]
+        columns = ", ".join(quoted_columns(table))
+        raw.execute(f"ALTER TABLE {table.name} RENAME TO {old}")
+        raw.execute(SQLITE_DDL.table_statement(table))
+        raw.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {old} "
+                    f"ORDER BY {key}")
+        raw.execute(f"DROP TABLE {old}")
+        # Keep the AUTOINCREMENT counter, which may exceed the largest id.
+        if sequence is not None and sequence > (self.id_counter(raw, table.name, key) or 0):
+            self.set_id_counter(raw, table.name, key, sequence)
+        for sql in own_indexes:
+            raw.execute(sql)
+        after = int(_rows(raw, f"SELECT count(*) FROM {table.name}")[0][0])
+        if after != rows:
+            raise MigrationError(f"Rebuilt {table.name} has {after} rows, not {rows}")
+
+    def restrict_deletes(self, raw: Any) -> None:
+        raw.execute(SQLITE_DDL.keep_logs_trigger())
+
+    def backup(self, raw: Any, target: Path) -> Optional[Path]:
+        """Copy the open database to ``target`` with SQLite's online backup API.
+
+        The copy is written under a temporary name beside ``target`` and renamed
+        only once complete, so ``target`` is either a whole backup or absent; on
+        failure nothing is left behind. The copy is consistent even while other
+        programs write to the database.
+
+        Raises
+        ------
+        FileExistsError
+            ``target`` already exists (a backup never overwrites anything).
+        """
+        if target.exists():
+            raise FileExistsError(f"Backup target {str(target)!r} already exists")
+        partial = target.with_name(f"{target.name}.partial")
+        leftovers = (partial, partial.with_name(partial.name + "-journal"))
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        try:
+            destination = _open(partial, create=True)
+            try:
+                raw.backup(destination)
+            finally:
+                destination.close()
+            os.replace(partial, target)
+        except BaseException:
+            for leftover in leftovers:
+                leftover.unlink(missing_ok=True)
+            raise
+        logger.info("Backed up the database to %s", target)
+        return target
+
+    def compact(self, location: DatabaseLocation) -> bool:
+        raw = _open(location.path, create=False)
+        try:
+            _retry_busy(lambda: raw.execute("VACUUM"), lock_timeout())
+        except sqlite3.Error as exc:
+            better = self.translate(exc, location)
+            if better is None:
+                raise
+            raise better from exc
+        finally:
+            raw.close()
+        return True
+
+    def removed_if_failed(self, location: DatabaseLocation) -> AbstractContextManager[None]:
+        return _removed_if_failed(location.path)
+
+
+@contextmanager
+def _removed_if_failed(path: Path) -> Iterator[None]:
+    """Remove the file the block creates (and its journal) if the block fails.
+
+    A failed ``init`` or ``copy`` must not leave a file behind that later
+    commands would take for a database.
+    """
+    new_file = not path.exists()
+    try:
+        yield
+    except BaseException:
+        if new_file:
+            for leftover in (path, path.with_name(path.name + "-journal")):
+                leftover.unlink(missing_ok=True)
+        raise
 
 
 #: The SQLite backend.
 SQLITE = _SQLite()
-
-
-def backup_file(conn: Connection, target: Path) -> Path:
-    """Copy the open database to ``target`` with SQLite's online backup API.
-
-    The copy is written under a temporary name beside ``target`` and renamed
-    only once complete, so ``target`` is either a whole backup or absent; on
-    failure nothing is left behind. The copy is consistent even while other
-    programs write to the database.
-
-    Raises
-    ------
-    FileExistsError
-        ``target`` already exists (a backup never overwrites anything).
-    """
-    if target.exists():
-        raise FileExistsError(f"Backup target {str(target)!r} already exists")
-    partial = target.with_name(f"{target.name}.partial")
-    for leftover in (partial, partial.with_name(partial.name + "-journal")):
-        leftover.unlink(missing_ok=True)
-    try:
-        destination = _open(partial, create=True)
-        try:
-            conn.raw.backup(destination)
-        finally:
-            destination.close()
-        os.replace(partial, target)
-    except BaseException:
-        for leftover in (partial, partial.with_name(partial.name + "-journal")):
-            leftover.unlink(missing_ok=True)
-        raise
-    logger.info("Backed up the database to %s", target)
-    return target

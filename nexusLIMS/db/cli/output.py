@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import unicodedata
 from datetime import timedelta
 from typing import Any, Optional, Sequence
 
+from nexusLIMS.db.validation import printable
+
 __all__ = ["duration", "plural", "printable", "table", "to_json"]
-
-
-def printable(value: object) -> str:
-    """Return ``value`` as text safe to print: control characters shown escaped.
-
-    A newline or an escape sequence stored in an identifier could otherwise
-    forge rows of a listing or clear the screen.
-    """
-    text = "" if value is None else str(value)
-    if all(unicodedata.category(char) not in ("Cc", "Cf") for char in text):
-        return text
-    return "".join(
-        repr(char)[1:-1] if unicodedata.category(char) in ("Cc", "Cf") else char for char in text
-    )
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -1,0 +1,221 @@
+"""Every statement the package runs on its tables, named, one section per table.
+
+Written once with ``?`` placeholders, in SQL both backends run as it is.
+Statuses and event types that a partial index is defined on are literals
+(a planner uses such an index only for a literal). The modules above choose
+statements here by name; none writes SQL of its own for these tables.
+"""
+
+from __future__ import annotations
+
+from nexusLIMS.db.enums import EventType, RecordStatus
+from nexusLIMS.db.tables import (
+    INSTRUMENTS,
+    SESSION_CLAIMS,
+    SESSION_LOG,
+    SESSION_REVISIONS,
+    Table,
+    quote,
+    quoted_columns,
+)
+
+_START, _END = EventType.START.value, EventType.END.value
+_RECORD_GENERATION = EventType.RECORD_GENERATION.value
+_TBB = RecordStatus.TO_BE_BUILT.value
+_WAITING_FOR_END = RecordStatus.WAITING_FOR_END.value
+
+_LOG = SESSION_LOG.name
+_INSTRUMENTS = INSTRUMENTS.name
+_CLAIMS = SESSION_CLAIMS.name
+_REVISIONS = SESSION_REVISIONS.name
+
+
+def insert(table: Table, columns: tuple[str, ...]) -> str:
+    """Return the ``INSERT`` of one row of ``columns`` (names as the schema has them)."""
+    names = ", ".join(quote(column) for column in columns)
+    return f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def select_all(table: Table) -> str:
+    """Return the ``SELECT`` of every row of ``table``, every column, in key order."""
+    return (f"SELECT {', '.join(quoted_columns(table))} FROM {table.name} "
+            f"ORDER BY {quote(table.columns[0].name)}")
+
+
+def count(table: Table) -> str:
+    """Return the statement counting the rows of ``table``."""
+    return f"SELECT count(*) FROM {table.name}"
+
+
+# --- instruments ---------------------------------------------------------------------
+
+#: Every instrument, every column in table order.
+INSTRUMENT_ROWS = f"SELECT {', '.join(quoted_columns(INSTRUMENTS))} FROM {_INSTRUMENTS}"
+#: Whether an instrument has this PID.
+INSTRUMENT_EXISTS = f"SELECT 1 FROM {_INSTRUMENTS} WHERE instrument_pid = ?"
+#: Remove one instrument.
+DELETE_INSTRUMENT = f"DELETE FROM {_INSTRUMENTS} WHERE instrument_pid = ?"
+#: How many logs an instrument has.
+COUNT_INSTRUMENT_LOGS = f"SELECT count(*) FROM {_LOG} WHERE instrument = ?"
+
+
+def instrument_using(column: str) -> str:
+    """Return the look-up of the other instrument (not PID ``?``) with this value of ``column``."""
+    return (f"SELECT instrument_pid FROM {_INSTRUMENTS} WHERE {quote(column)} = ? "
+            f"AND instrument_pid <> ?")
+
+
+def update_instrument(columns: tuple[str, ...]) -> str:
+    """Return the ``UPDATE`` of ``columns`` of the instrument whose PID is the last ``?``."""
+    assignments = ", ".join(f"{quote(column)} = ?" for column in columns)
+    return f"UPDATE {_INSTRUMENTS} SET {assignments} WHERE instrument_pid = ?"
+
+
+# --- session_log ---------------------------------------------------------------------
+
+_LOG_COLUMNS = quoted_columns(SESSION_LOG)
+#: The columns a log is written with (all but the id), as SQL spells them.
+WRITTEN_LOG_COLUMNS = _LOG_COLUMNS[1:]
+
+
+def select_logs(where: str) -> str:
+    """Return ``SELECT <every column> FROM session_log WHERE <where>`` (for ``StoredLog``)."""
+    return f"SELECT {', '.join(_LOG_COLUMNS)} FROM {_LOG} WHERE {where}"
+
+
+#: Every log of one session, in id order.
+LOGS_OF_SESSION = select_logs("session_identifier = ? ORDER BY id_session_log")
+#: The START logs of one session, in id order.
+STARTS_OF_SESSION = select_logs(
+    f"session_identifier = ? AND event_type = '{_START}' ORDER BY id_session_log")
+#: Whether a session has any log.
+SESSION_HAS_LOGS = f"SELECT 1 FROM {_LOG} WHERE session_identifier = ?"
+#: A log whose session has no log of its event on its instrument yet, and whose
+#: instrument is known: inserted as it is (parameters: the written columns,
+#: then instrument, identifier, instrument, event type).
+INSERT_IF_FIRST = (
+    f"INSERT INTO {_LOG} ({', '.join(WRITTEN_LOG_COLUMNS)}) "
+    f"SELECT {', '.join('?' * len(WRITTEN_LOG_COLUMNS))} "
+    f"WHERE EXISTS (SELECT 1 FROM {_INSTRUMENTS} WHERE instrument_pid = ?) "
+    f"AND NOT EXISTS (SELECT 1 FROM {_LOG} WHERE session_identifier = ? "
+    f"AND instrument = ? AND event_type = ?)"
+)
+#: A RECORD_GENERATION log (its status is the column's default).
+INSERT_RECORD_GENERATION = (
+    f"INSERT INTO {_LOG} (instrument, event_type, session_identifier, {quote('user')}, "
+    f"timestamp) VALUES (?, '{_RECORD_GENERATION}', ?, ?, ?)"
+)
+#: A revision applied in place: the new time and user of one log.
+REVISE_LOG = f"UPDATE {_LOG} SET timestamp = ?, {quote('user')} = ? WHERE id_session_log = ?"
+#: The status of every log of a session.
+SET_SESSION_STATUS = f"UPDATE {_LOG} SET record_status = ? WHERE session_identifier = ?"
+#: The status of one log.
+SET_LOG_STATUS = f"UPDATE {_LOG} SET record_status = ? WHERE id_session_log = ?"
+
+#: Each TO_BE_BUILT START with the END(s) of its identifier on its instrument,
+#: one row per pair (a START without one gives a NULL END), in identifier
+#: order so that a repeated identifier is in adjacent rows.
+TO_BE_BUILT_PAIRS = (
+    f"SELECT s.id_session_log, s.session_identifier, s.instrument, s.timestamp, "
+    f"s.{quote('user')}, e.timestamp "
+    f"FROM {_LOG} AS s LEFT JOIN {_LOG} AS e "
+    f"ON e.record_status = '{_TBB}' AND e.event_type = '{_END}' "
+    f"AND e.session_identifier = s.session_identifier AND e.instrument = s.instrument "
+    f"WHERE s.record_status = '{_TBB}' AND s.event_type = '{_START}' "
+    f"ORDER BY s.session_identifier"
+)
+#: How many TO_BE_BUILT ENDs there are.
+COUNT_TO_BE_BUILT_ENDS = (
+    f"SELECT count(*) FROM {_LOG} WHERE record_status = '{_TBB}' AND event_type = '{_END}'")
+# TO_BE_BUILT ENDs without a START on their instrument (a merge of the two
+# sorted runs of the partial index, not a look-up per END).
+_ENDS_WITHOUT_STARTS = (
+    f"SELECT session_identifier, instrument FROM {_LOG} "
+    f"WHERE record_status = '{_TBB}' AND event_type = '{_END}' "
+    f"EXCEPT SELECT session_identifier, instrument FROM {_LOG} "
+    f"WHERE record_status = '{_TBB}' AND event_type = '{_START}' ORDER BY 1, 2"
+)
+#: The identifiers of TO_BE_BUILT ENDs without a START on their instrument, and
+#: whether the session has a START on another one.
+LONE_ENDS = (
+    f"SELECT e.session_identifier, EXISTS (SELECT 1 FROM {_LOG} AS s "
+    f"WHERE s.record_status = '{_TBB}' AND s.event_type = '{_START}' "
+    f"AND s.session_identifier = e.session_identifier) FROM ({_ENDS_WITHOUT_STARTS}) AS e"
+)
+#: The TO_BE_BUILT STARTs and ENDs, to pair without the pairing index.
+TO_BE_BUILT_LOGS = (
+    f"SELECT id_session_log, session_identifier, instrument, timestamp, {quote('user')}, "
+    f"event_type FROM {_LOG} WHERE record_status = '{_TBB}' "
+    f"AND event_type IN ('{_START}', '{_END}')"
+)
+#: Sessions with several TO_BE_BUILT ENDs: those ENDs, in id order.
+DUPLICATE_ENDS = select_logs(
+    f"record_status = '{_TBB}' AND event_type = '{_END}' AND session_identifier IN ("
+    f"SELECT session_identifier FROM {_LOG} WHERE record_status = '{_TBB}' "
+    f"AND event_type = '{_END}' GROUP BY session_identifier HAVING count(*) > 1) "
+    f"ORDER BY id_session_log")
+#: START logs still waiting for their END, in id order.
+WAITING_STARTS = select_logs(
+    f"event_type = '{_START}' AND record_status = '{_WAITING_FOR_END}' ORDER BY id_session_log")
+#: ``(event_type, record_status, count)`` of every combination present.
+LOG_COUNTS = (f"SELECT event_type, record_status, count(*) FROM {_LOG} "
+              f"GROUP BY event_type, record_status ORDER BY event_type, record_status")
+#: How many logs name an instrument that is not in ``instruments``.
+COUNT_ORPHAN_LOGS = (f"SELECT count(*) FROM {_LOG} WHERE instrument NOT IN "
+                     f"(SELECT instrument_pid FROM {_INSTRUMENTS})")
+#: The largest log id.
+MAX_LOG_ID = f"SELECT max(id_session_log) FROM {_LOG}"
+
+
+def values_outside(column: str, allowed: tuple[str, ...]) -> str:
+    """Return ``(value, count)`` of the values of a log ``column`` not in ``allowed`` (as ``?``)."""
+    marks = ", ".join("?" * len(allowed))
+    return (f"SELECT {quote(column)}, count(*) FROM {_LOG} WHERE {quote(column)} IS NULL "
+            f"OR {quote(column)} NOT IN ({marks}) GROUP BY {quote(column)}")
+
+
+# --- session_claims ------------------------------------------------------------------
+
+#: TO_BE_BUILT STARTs in id order after id ``?``, leaving out those a live claim
+#: (expiring after ``?``, the first parameter) holds: read through the partial
+#: index ordered by id, so a claim reads only as many sessions as it takes.
+CLAIM_CANDIDATES = (
+    f"SELECT s.id_session_log, s.session_identifier FROM {_LOG} AS s "
+    f"WHERE s.record_status = '{_TBB}' AND s.event_type = '{_START}' AND NOT EXISTS ("
+    f"SELECT 1 FROM {_CLAIMS} AS c WHERE c.session_identifier = s.session_identifier "
+    f"AND c.expires_at > ?) AND s.id_session_log > ? ORDER BY s.id_session_log"
+)
+#: Claim a session (or take over an expired claim).
+UPSERT_CLAIM = (
+    f"INSERT INTO {_CLAIMS} (session_identifier, worker, token, claimed_at, expires_at) "
+    f"VALUES (?, ?, ?, ?, ?) ON CONFLICT (session_identifier) DO UPDATE SET "
+    f"worker = excluded.worker, token = excluded.token, claimed_at = excluded.claimed_at, "
+    f"expires_at = excluded.expires_at"
+)
+#: Whether this token still holds the session's claim (to lock the row, append the
+#: backend's ``lock_rows``).
+CLAIM_HELD = f"SELECT 1 FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?"
+#: Extend a claim that this token holds.
+RENEW_CLAIM = f"UPDATE {_CLAIMS} SET expires_at = ? WHERE session_identifier = ? AND token = ?"
+#: End a claim that this token holds.
+END_OWN_CLAIM = f"DELETE FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?"
+#: End every claim on a session.
+END_CLAIMS = f"DELETE FROM {_CLAIMS} WHERE session_identifier = ?"
+#: The sessions a claim expiring after ``?`` holds.
+LIVE_CLAIMS = f"SELECT session_identifier FROM {_CLAIMS} WHERE expires_at > ?"
+#: Every claim, oldest first.
+CLAIMS = (f"SELECT session_identifier, worker, claimed_at, expires_at FROM {_CLAIMS} "
+          f"ORDER BY claimed_at, session_identifier")
+
+# --- session_revisions ---------------------------------------------------------------
+
+#: The revisions kept for one log.
+REVISIONS_OF_LOG = f"SELECT revised_timestamp, revised_user FROM {_REVISIONS} WHERE log_id = ?"
+#: Keep a revision that arrived after the session's record was built.
+INSERT_REVISION = insert(SESSION_REVISIONS, SESSION_REVISIONS.column_names[1:])
+#: The revisions kept, with the status of the log each revises, oldest first.
+LATE_REVISIONS = (
+    f"SELECT r.session_identifier, r.event_type, r.stored_timestamp, r.revised_timestamp, "
+    f"r.revised_user, r.log_id, l.record_status FROM {_REVISIONS} AS r "
+    f"JOIN {_LOG} AS l ON l.id_session_log = r.log_id ORDER BY r.id_revision"
+)

@@ -1,0 +1,215 @@
+"""The Session model: one session's identifier, instrument and times, and recording its outcome.
+
+A :class:`Session` is what :func:`~nexusLIMS.db.sessions.get_sessions_to_build`
+returns to the record builder: NexusLIMS 1.4's class, name for name. Its
+methods write the session's RECORD_GENERATION log and its outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Optional, Union
+
+from nexusLIMS.db import queries
+from nexusLIMS.db.config import DatabaseRef, record_user
+from nexusLIMS.db.connection import Connection
+from nexusLIMS.db.enums import EventType, RecordStatus, coerce
+from nexusLIMS.db.errors import ConstraintError, ConstraintKind
+from nexusLIMS.db.instruments import Instrument, read_instruments
+from nexusLIMS.db.logs import require_instrument, set_status
+from nexusLIMS.db.schema import transaction
+from nexusLIMS.db.timestamps import now_local_iso, span
+
+__all__ = ["Session", "set_session_status"]
+
+# The name NexusLIMS 1.4 logged these messages under.
+logger = logging.getLogger("nexusLIMS.db.session_handler")
+
+
+@dataclass(unsafe_hash=True)
+class Session:
+    """A session in the NexusLIMS database, made of a START and an END log.
+
+    Parameters
+    ----------
+    session_identifier
+        The identifier shared by the session's logs.
+    instrument
+        The instrument the session was on.
+    dt_range
+        The start and end of the session, in that order; also available as
+        :attr:`dt_from` and :attr:`dt_to`.
+    user
+        The user name of the session (may not be trustworthy).
+    """
+
+    session_identifier: str
+    instrument: Instrument
+    dt_range: tuple[datetime, datetime]
+    user: Optional[str]
+    dt_from: datetime = field(init=False, repr=False)
+    dt_to: datetime = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if type(self.dt_range) is not tuple:  # a list would not hash
+            self.dt_range = tuple(self.dt_range)  # type: ignore[assignment]
+        self.dt_from, self.dt_to = self.dt_range
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.dt_from.isoformat()} to {self.dt_to.isoformat()} "
+            f"on {self.instrument.name}"
+        )
+
+    #: Whether the session's logs are known to be in the database (claimed ones are).
+    _has_logs = False
+
+    def _database(self) -> Optional[DatabaseRef]:
+        """Return the database this session's writes go to (None: the configured one)."""
+        return None
+
+    def _check_write(self, conn: Connection, action: str) -> None:
+        """Refuse a write to the session in the open transaction (a claimed session's hook)."""
+
+    @property
+    def duration(self) -> Optional[timedelta]:
+        """How long the session lasted; None if its start and end cannot be compared.
+
+        A naive start or end is local time at the instrument; across a
+        daylight-saving change the real elapsed time is given.
+        """
+        try:
+            return span(self.dt_from, self.dt_to, self.instrument.timezone)
+        except OverflowError:
+            return None
+
+    def update_session_status(self, status: Union[RecordStatus, str]) -> bool:
+        """Set ``record_status`` on every log of this session.
+
+        Parameters
+        ----------
+        status
+            One of the :class:`~nexusLIMS.db.enums.RecordStatus` values (the
+            member or its string).
+
+        Returns
+        -------
+        bool
+            True when rows were updated; False (with a warning logged) when no
+            log has this session's identifier.
+
+        Raises
+        ------
+        ValueError
+            ``status`` is not allowed; the message lists the allowed values.
+            Nothing is written.
+        """
+        updated = set_session_status(self.session_identifier, status)
+        if updated == 0:
+            logger.warning(
+                "No session_log rows have session_identifier %r; status %s not set",
+                self.session_identifier,
+                status,
+            )
+            return False
+        return True
+
+    def insert_record_generation_event(self, *, require_logs: bool = False) -> dict[str, Any]:
+        """Insert a RECORD_GENERATION log for this session and return that row.
+
+        The log has this session's identifier and instrument, the user from
+        ``nexusLIMS_user`` (NULL when unset) and the current time in the
+        system's zone, stored as ISO text with its UTC offset.
+
+        Parameters
+        ----------
+        require_logs
+            Refuse a session that has no log in the database. By default such
+            a session gets its RECORD_GENERATION log with a warning, as in
+            NexusLIMS 1.4 (whose own tests rely on it).
+
+        Returns
+        -------
+        dict
+            The inserted row (found by its id): ``id_session_log``,
+            ``event_type``, ``session_identifier`` and ``timestamp``.
+
+        Raises
+        ------
+        ValueError
+            The session has no identifier (or, with ``require_logs``, no log in
+            the database), or an instrument that is not in the ``instruments``
+            table; nothing is written.
+        """
+        logger.debug("Logging RECORD_GENERATION for %s", self.session_identifier)
+        pid = getattr(self.instrument, "name", self.instrument)
+        if not isinstance(self.session_identifier, str) or not self.session_identifier.strip():
+            raise ValueError(f"Cannot log RECORD_GENERATION for {self!r}: the session has no "
+                             f"identifier ({self.session_identifier!r})")
+        with transaction(self._database(), begin="WRITE") as conn:
+            self._check_write(conn, "log RECORD_GENERATION")
+            if not self._has_logs and not conn.fetchone(queries.SESSION_HAS_LOGS,
+                                                         (self.session_identifier,)):
+                if require_logs:
+                    raise ValueError(
+                        f"Cannot log RECORD_GENERATION for session "
+                        f"{self.session_identifier!r}: it has no log in the database")
+                logger.warning("Session %r has no log in the database; logging its "
+                               "RECORD_GENERATION anyway", self.session_identifier)
+            timestamp = now_local_iso()
+            try:
+                log_id = conn.insert(
+                    queries.INSERT_RECORD_GENERATION,
+                    (pid, self.session_identifier, record_user(), timestamp),
+                    key="id_session_log")
+            except ConstraintError as exc:
+                if exc.kind is not ConstraintKind.FOREIGN_KEY:
+                    raise
+                conn.rollback()  # (PostgreSQL's transaction is void after an error)
+                require_instrument(pid, read_instruments(conn), self)  # names the known ones
+                raise
+        # The row as stored: the values written (a text column keeps them as they are).
+        return {"id_session_log": log_id, "event_type": EventType.RECORD_GENERATION.value,
+                "session_identifier": self.session_identifier, "timestamp": timestamp}
+
+
+def set_session_status(
+    session_identifier: str,
+    status: Union[RecordStatus, str],
+    *,
+    database: Optional[DatabaseRef] = None,
+) -> int:
+    """Set ``record_status`` on every log of a session; return how many rows changed.
+
+    Parameters
+    ----------
+    session_identifier
+        The session whose logs to update.
+    status
+        The new status (a :class:`~nexusLIMS.db.enums.RecordStatus` or its value).
+    database
+        The database; by default from ``nexusLIMS_db_path``.
+
+    Raises
+    ------
+    ValueError
+        ``status`` is not an allowed status (checked before writing).
+    sqlite3.IntegrityError
+        The database's CHECK predates ``status`` (a NexusLIMS 1.4 file); the
+        message says to migrate it.
+    """
+    value = coerce(RecordStatus, status, "record_status").value
+    with transaction(database, begin="WRITE") as conn:
+        try:
+            return set_status(conn, value, session_identifier=session_identifier)
+        except ConstraintError as exc:
+            if exc.kind is not ConstraintKind.CHECK:
+                raise
+            # The same type as 1.4 raised, with the remedy added.
+            raise exc.reworded(
+                f"{exc}: this database does not allow record_status {value!r}; it was "
+                f"probably made by NexusLIMS 1.4: run 'nexuslims-db migrate' "
+                f"(or nexusLIMS.db.migrate_db()) to update it"
+            ) from exc
