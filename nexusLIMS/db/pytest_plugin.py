@@ -206,10 +206,12 @@ def nexuslims_postgres_db(
         _on_server(nexuslims_postgres_server, f"DROP SCHEMA {schema} CASCADE")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+#: The fixture of each backend's database: ``nexuslims_database``'s parameters.
+BACKEND_FIXTURES = {"sqlite": "nexuslims_db", "postgresql": "nexuslims_postgres_db"}
+
+
+@pytest.fixture(params=list(BACKEND_FIXTURES))
 def nexuslims_database(request: pytest.FixtureRequest) -> DatabaseLocation:
     """Return a new NexusLIMS database, on SQLite and then on PostgreSQL."""
-    if request.param == "sqlite":
-        return locate_database(request.getfixturevalue("nexuslims_db"))
-    location: DatabaseLocation = request.getfixturevalue("nexuslims_postgres_db")
-    return location
+    made = request.getfixturevalue(BACKEND_FIXTURES[request.param])
+    return made if isinstance(made, DatabaseLocation) else locate_database(made)

@@ -24,7 +24,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus, TransactionStatus
 
-from nexusLIMS.db.backends import Pool, insert_statement, writes_to_parent
+from nexusLIMS.db.backends.base import Pool, insert_statement, writes_to_parent
 from nexusLIMS.db.backends.ddl import POSTGRESQL_DDL, Dialect
 from nexusLIMS.db.backends.translate import native_sql, to_postgres
 from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout

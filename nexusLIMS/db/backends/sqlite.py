@@ -19,7 +19,7 @@ from pathlib import Path, PurePath
 from typing import Any, Callable, Optional, Sequence, TypeVar
 from urllib.parse import quote as quote_url
 
-from nexusLIMS.db.backends import Pool, insert_statement, writes_to_parent
+from nexusLIMS.db.backends.base import Pool, insert_statement, writes_to_parent
 from nexusLIMS.db.backends.ddl import SQLITE_DDL, Dialect
 from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout
 from nexusLIMS.db.config import Backend as BackendName
