@@ -29,7 +29,7 @@ from typing import Any, Callable
 import pytest
 from helpers import JEOL, TITAN, log, rows, sql
 
-from nexusLIMS.db import DatabaseNotFoundError, make_db_query
+from nexusLIMS.db import DatabaseNotFoundError, init_db, make_db_query
 from nexusLIMS.db.backends import backend_for
 from nexusLIMS.db.config import DatabaseLocation, lock_timeout
 from nexusLIMS.db.connection import close_watches, connect, tracing
@@ -854,3 +854,20 @@ def test_ruff_flags_direct_connect_calls(tmp_path: Path) -> None:
     clean = subprocess.run([*command, str(prose)], cwd=ROOT, capture_output=True, text=True,
                            check=False)
     assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
+def test_tracing_one_database_sees_only_that_database(tmp_path: Path) -> None:
+    first, second = init_db(tmp_path / "first.sqlite"), init_db(tmp_path / "second.sqlite")
+    mine = Trace()
+    with tracing(mine, database=first.path):
+        make_db_query_on(first, "SELECT 'first'")
+        make_db_query_on(second, "SELECT 'second'")
+    make_db_query_on(first, "SELECT 'after'")
+    assert "SELECT 'first'" in mine.statements
+    assert not any("second" in s or "after" in s for s in mine.statements)
+    assert mine.kinds("open") == [("open", first.describe())]
+
+
+def make_db_query_on(location: DatabaseLocation, query: str) -> None:
+    with connect(location) as conn:
+        conn.execute(query)

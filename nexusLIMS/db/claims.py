@@ -29,14 +29,13 @@ from typing import Any, Optional, Union
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, mark_after
 from nexusLIMS.db.connection import Connection
-from nexusLIMS.db.enums import EventType, RecordStatus, coerce
+from nexusLIMS.db.enums import RecordStatus, coerce
 from nexusLIMS.db.errors import ClaimLostError, UnsupportedDatabaseError
 from nexusLIMS.db.instruments import Instrument, read_instruments
 from nexusLIMS.db.logs import logs_of, set_status
-from nexusLIMS.db.pairing import check
+from nexusLIMS.db.pairing import check, waiting_logs
 from nexusLIMS.db.schema import SESSION_CLAIMS, has_table, transaction
 from nexusLIMS.db.session import Session
-from nexusLIMS.db.tables import StoredLog
 from nexusLIMS.db.timestamps import utc_now, utc_text
 
 __all__ = [
@@ -53,8 +52,6 @@ logger = logging.getLogger(__name__)
 
 #: How long a claim lasts unless renewed.
 DEFAULT_LEASE = timedelta(hours=1)
-_TBB = RecordStatus.TO_BE_BUILT.value
-_START, _END = EventType.START.value, EventType.END.value
 _CLAIMS = SESSION_CLAIMS.name
 
 
@@ -155,13 +152,13 @@ class ClaimedSession(Session):
     def _set_status(self, status: Union[RecordStatus, str]) -> None:
         value = coerce(RecordStatus, status, "record_status").value
         with transaction(self.database, begin="WRITE") as conn:
-            if value == _TBB:  # not an outcome: the claim stays
+            if value == RecordStatus.TO_BE_BUILT:  # not an outcome: the claim stays
                 self._check_write(conn, f"record {value}")
             elif not conn.execute(  # ends the claim, if it is still this builder's
                     queries.END_OWN_CLAIM, (self.session_identifier, self.token)).rowcount:
                 raise self._lost(f"record {value}")
             set_status(conn, value, session_identifier=self.session_identifier, claims_ended=True)
-        self.finished = value != _TBB
+        self.finished = value != RecordStatus.TO_BE_BUILT
 
     def release(self) -> None:
         """Give the session back unbuilt (its claim ends; any builder may claim it)."""
@@ -265,17 +262,11 @@ def _consistent(conn: Connection, instruments: dict[str, Instrument], now: datet
                 rows: list[tuple[Any, ...]]) -> list[Session]:
     """Return the sessions of candidate STARTs whose TO_BE_BUILT logs pair cleanly, in order."""
     identifiers = list(dict.fromkeys(identifier for _, identifier in rows))
-    logs: dict[str, tuple[list[StoredLog], list[StoredLog]]] = {
-        identifier: ([], []) for identifier in identifiers}
-    for log in logs_of(conn, identifiers):
-        if log.record_status == _TBB and log.event_type in (_START, _END):
-            logs[log.session_identifier][log.event_type == _END].append(log)
     sessions = []
-    waiting = mark_after()
-    for identifier in identifiers:
-        starts, ends = logs[identifier]
-        session, _ = check(identifier, sorted(starts), sorted(ends), instruments, now, waiting,
-                           Session)
+    young = mark_after()
+    for identifier, (starts, ends) in waiting_logs(identifiers,
+                                                    logs_of(conn, identifiers)).items():
+        session, _ = check(identifier, starts, ends, instruments, now, young, Session)
         if session is not None:
             sessions.append(session)
     return sessions

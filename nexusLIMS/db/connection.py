@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 from nexusLIMS.db.backends import Backend, Begin, backend_for, insert_statement
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database, lock_timeout
 from nexusLIMS.db.databases import Database, close_watches, database_at
-from nexusLIMS.db.trace import Tracer, active_tracers, tracing
+from nexusLIMS.db.trace import Tracer, active_tracers, traced
 
 __all__ = [
     "Begin",
@@ -42,6 +42,33 @@ logger = logging.getLogger(__name__)
 Params = Union[Sequence[Any], Mapping[str, Any]]
 
 _MODES = ("DEFERRED", "WRITE", "IMMEDIATE")
+
+
+def tracing(
+    tracer: Tracer, database: Optional[DatabaseRef] = None
+) -> AbstractContextManager[Tracer]:
+    """Show every connection opened and statement run, in this block, to ``tracer``.
+
+    Transactions show as SQLite begins them: ``BEGIN IMMEDIATE`` holds the
+    writers' lock (on PostgreSQL, an advisory lock), ``BEGIN``/``BEGIN
+    DEFERRED`` does not.
+
+    Parameters
+    ----------
+    tracer
+        Called as ``tracer(event, text)``: ``("open", location)``,
+        ``("execute", sql)``, ``("executemany", sql)`` or ``("close", location)``.
+    database
+        Trace only this database (a path, URL or location); by default every one.
+
+    Returns
+    -------
+    contextmanager
+        A block that yields ``tracer`` itself.
+    """
+    if database is None:
+        return traced(tracer)
+    return traced(tracer, database_at(locate_database(database, must_exist=False)).tracers)
 
 
 class Connection:
@@ -215,7 +242,7 @@ def connect(
     db = database_at(location)
     backend = db.backend
     timeout = lock_timeout()  # a bad setting fails here, before anything is opened
-    tracers = [*active_tracers(), *([trace] if trace else [])]
+    tracers = [*active_tracers(db.tracers), *([trace] if trace else [])]
     raw = db.take(create=create, foreign_keys=foreign_keys)
     described = location.describe()
     for tracer in tracers:

@@ -3,8 +3,8 @@
 A :class:`Database` is made on first use of its location and holds
 everything kept between calls: its connection pool (a server's connections
 are reused; a file's are opened per call), its change watch (a kept
-connection that tells whether the database changed since a moment), and
-the state the layers above keep for it (the instrument registry, what was
+connection that tells whether the database changed since a moment), its
+own tracers, and the state the layers above keep for it (the instrument registry, what was
 verified of its schema) under names of their own (:meth:`Database.state`).
 All are closed at exit, or by :func:`close_databases`.
 """
@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from nexusLIMS.db.backends import Backend, Pool, backend_for
 from nexusLIMS.db.config import DatabaseLocation, configured_database, locate_database
-from nexusLIMS.db.trace import emit
+from nexusLIMS.db.trace import Tracer, active_tracers
 
 __all__ = [
     "Database",
@@ -48,6 +48,8 @@ class Database:
         self._pool: Optional[Pool] = None
         self._watch: Any = None
         self._state: dict[str, Any] = {}
+        #: Tracers of this database alone (see :func:`nexusLIMS.db.connection.tracing`).
+        self.tracers: list[Tracer] = []
 
     def __repr__(self) -> str:
         return f"<Database {self.location.describe()}>"
@@ -93,7 +95,7 @@ class Database:
                     self._watch = backend.open_watch(self.location)
                     if self._watch is None:
                         return None
-                    emit("open", f"{self.location.describe()} (change watch)")
+                    self._emit("open")
                 version = backend.data_version(self._watch)
             except backend.driver_errors as exc:
                 self.close_watch()
@@ -110,7 +112,11 @@ class Database:
             watch, self._watch = self._watch, None
         if watch is not None:
             watch.close()
-            emit("close", f"{self.location.describe()} (change watch)")
+            self._emit("close")
+
+    def _emit(self, event: str) -> None:
+        for tracer in active_tracers(self.tracers):
+            tracer(event, f"{self.location.describe()} (change watch)")
 
     # --- state of the layers above -----------------------------------------------------
 

@@ -68,9 +68,6 @@ __all__ = [
 # The name NexusLIMS 1.4 logged these messages under.
 logger = logging.getLogger("nexusLIMS.db.session_handler")
 
-_START, _END = EventType.START.value, EventType.END.value
-_TBB = RecordStatus.TO_BE_BUILT.value
-
 
 @dataclass(unsafe_hash=True)
 class SessionLog:
@@ -244,7 +241,7 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
             result.duplicates += 1
             logger.warning("SessionLog already existed in DB, so no row was added: %s",
                            describe_log(row))
-        elif row.event_type not in (_START, _END) or not known:
+        elif row.event_type not in (EventType.START, EventType.END) or not known:
             known.append(row)
             inserts.append(row)
         elif waiting := [old for old in known if old.record_status in WAITING_STATUSES]:
@@ -347,7 +344,7 @@ def set_status(
     if session_identifier is not None:
         changed = int(conn.execute(queries.SET_SESSION_STATUS,
                                    (value, session_identifier)).rowcount)
-        if value != _TBB and not claims_ended:
+        if value != RecordStatus.TO_BE_BUILT and not claims_ended:
             end_claims(conn, [session_identifier])
         return changed
     rows = [(value, log_id) for log_id in sorted(set(ids))]
@@ -480,14 +477,15 @@ def log_end(
         require_instrument(instrument, instruments, log)
         logs = [StoredLog(*row) for row in conn.fetchall(queries.LOGS_OF_SESSION,
                                                          (session_identifier,))]
-        ends = [row for row in logs if row.event_type == _END]
+        ends = [row for row in logs if row.event_type == EventType.END]
         if ends:
             raise ValueError(
                 f"Cannot end session {session_identifier!r}: it already has an END log "
                 f"(id {ends[0].id_session_log}, status {ends[0].record_status})"
             )
         waiting = RecordStatus.WAITING_FOR_END.value
-        starts = [row for row in logs if row.event_type == _START and row.record_status == waiting]
+        starts = [row for row in logs
+                  if row.event_type == EventType.START and row.record_status == waiting]
         if len(starts) != 1:
             how_many = "no open START log" if not starts else f"{len(starts)} open START logs"
             raise ValueError(
@@ -495,7 +493,8 @@ def log_end(
                 f"(status {waiting}); expected exactly one"
             )
         start = starts[0]
-        end = StoredLog(0, session_identifier, instrument, log.timestamp, _END, _TBB, log.user)
+        end = StoredLog(0, session_identifier, instrument, log.timestamp, EventType.END.value,
+                        RecordStatus.TO_BE_BUILT.value, log.user)
         _, problems = pair_problems(session_identifier, start, end,
                                     instruments.get(start.instrument))
         kinds = {kind for kind, _ in problems}

@@ -27,7 +27,7 @@ from nexusLIMS.db.instruments import Instrument
 from nexusLIMS.db.tables import StoredLog, describe_log
 from nexusLIMS.db.timestamps import age, parse_timestamp, span
 
-__all__ = ["Pairing", "SessionProblem", "check", "pair_problems"]
+__all__ = ["Pairing", "SessionProblem", "check", "pair_problems", "waiting_logs"]
 
 S = TypeVar("S")
 #: Makes a session: ``make(identifier, instrument, (start, end), user)``.
@@ -192,6 +192,22 @@ def check(
                   for kind, detail, markable in found]
 
 
+def waiting_logs(
+    identifiers: Iterable[str], logs: Iterable[StoredLog]
+) -> dict[str, tuple[list[StoredLog], list[StoredLog]]]:
+    """Return the TO_BE_BUILT STARTs and ENDs among ``logs`` of each of ``identifiers``, by id."""
+    groups: dict[str, tuple[list[StoredLog], list[StoredLog]]] = {
+        identifier: ([], []) for identifier in identifiers}
+    for log in logs:
+        group = groups.get(log.session_identifier)
+        if group is not None and log.record_status == _TBB and log.event_type in (_START, _END):
+            group[log.event_type == _END].append(log)
+    for starts, ends in groups.values():
+        starts.sort()
+        ends.sort()
+    return groups
+
+
 class Pairing(Generic[S]):
     """One pass of pairing: the sessions of the rows it is fed, and the suspects.
 
@@ -334,19 +350,10 @@ class Pairing(Generic[S]):
         if self.recheck:
             self.sessions = [(i, s) for i, s in self.sessions
                              if _identifier(s) not in self.recheck]
-        groups: dict[str, tuple[list[StoredLog], list[StoredLog]]] = {
-            identifier: ([], []) for identifier in self.suspects}
-        for log in logs:
-            group = groups.get(log.session_identifier)
-            if group is not None and log.record_status == _TBB \
-                    and log.event_type in (_START, _END):
-                group[log.event_type == _END].append(log)
         problems: list[tuple[int, SessionProblem]] = []
-        for identifier, (starts, ends) in groups.items():
+        for identifier, (starts, ends) in waiting_logs(self.suspects, logs).items():
             if not starts and not ends:  # built (or changed) since it was suspected
                 continue
-            starts.sort()
-            ends.sort()
             session, found = check(identifier, starts, ends, self.instruments, self.now,
                                    self.mark_after, self.make)
             if session is not None:

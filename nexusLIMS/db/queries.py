@@ -163,6 +163,8 @@ LOG_COUNTS = (f"SELECT event_type, record_status, count(*) FROM {_LOG} "
 #: How many logs name an instrument that is not in ``instruments``.
 COUNT_ORPHAN_LOGS = (f"SELECT count(*) FROM {_LOG} WHERE instrument NOT IN "
                      f"(SELECT instrument_pid FROM {_INSTRUMENTS})")
+#: The revision of a NexusLIMS 2.x database (Alembic's table).
+ALEMBIC_REVISION = "SELECT version_num FROM alembic_version"
 #: The largest log id.
 MAX_LOG_ID = f"SELECT max(id_session_log) FROM {_LOG}"
 

@@ -100,7 +100,6 @@ def add_sample_instruments(database: Optional[DatabaseRef] = None) -> dict[str, 
         return read_instruments(conn)
 
 
-_START, _END, _GEN = EventType.START, EventType.END, EventType.RECORD_GENERATION
 
 # (identifier, instrument index, user, start, end or None, status), local wall times.
 _SESSIONS: tuple[tuple[str, int, Optional[str], str, Optional[str], RecordStatus], ...] = (
@@ -162,11 +161,12 @@ def demo_logs() -> list[SessionLog]:
     logs: list[SessionLog] = []
     for identifier, index, user, start, end, status in _SESSIONS:
         pid, zone = instruments[index]
-        logs.append(SessionLog(identifier, pid, _at(start, zone), _START, user, status))
+        logs.append(SessionLog(identifier, pid, _at(start, zone), EventType.START, user, status))
         if end is not None:
-            logs.append(SessionLog(identifier, pid, _at(end, zone), _END, user, status))
+            logs.append(SessionLog(identifier, pid, _at(end, zone), EventType.END, user, status))
         if status is RecordStatus.COMPLETED:
-            logs.append(SessionLog(identifier, pid, _at(_RECORD_BUILT_AT, zone), _GEN,
+            logs.append(SessionLog(identifier, pid, _at(_RECORD_BUILT_AT, zone),
+                                   EventType.RECORD_GENERATION,
                                    _BUILDER_USER, status))
     return logs
 
@@ -206,7 +206,7 @@ def populate_demo(database: Optional[DatabaseRef] = None) -> DemoSummary:
     sessions = tuple(
         (log.session_identifier, log.instrument, str(log.record_status))
         for log in logs
-        if log.event_type == _START.value
+        if log.event_type == EventType.START
     )
     logger.info("Added %d demo instruments and %d demo logs to %s",
                 len(instruments), len(logs), location)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
+from nexusLIMS.db import queries
 from nexusLIMS.db.backends import dialect_named
 from nexusLIMS.db.backends.ddl import DIALECTS
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
@@ -128,7 +129,7 @@ def inspect(conn: Connection) -> DatabaseInfo:
     tables = frozenset(backend.table_names(raw))
     revision = None
     if "alembic_version" in tables:
-        revision = str(conn.scalar("SELECT version_num FROM alembic_version") or "unknown")
+        revision = str(conn.scalar(queries.ALEMBIC_REVISION) or "unknown")
     return DatabaseInfo(conn.location, tables, backend.schema_version(raw), revision)
 
 

@@ -1,8 +1,9 @@
 """Tracing: every connection opened and statement run, shown to callbacks.
 
-:func:`tracing` is how the tests (and a curious admin) see the SQL and the
-transactions of any call. A tracer sees every database the process uses
-while its block runs.
+The process-wide tracers live here; :func:`nexusLIMS.db.connection.tracing`
+adds one for its block (for every database, or for one: each
+:class:`~nexusLIMS.db.databases.Database` keeps its own too). It is how the
+tests (and a curious admin) see the SQL and the transactions of any call.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, Optional
 
-__all__ = ["Tracer", "active_tracers", "emit", "tracing"]
+__all__ = ["Tracer", "active_tracers", "traced"]
 
 #: A callback given ``(event, text)``: ``("open", location)``,
 #: ``("execute", sql)``, ``("executemany", sql)`` or ``("close", location)``.
@@ -23,34 +24,19 @@ _lock = threading.Lock()
 
 
 @contextmanager
-def tracing(tracer: Tracer) -> Iterator[Tracer]:
-    """Show every connection opened and statement run, in this block, to ``tracer``.
-
-    Transactions show as SQLite begins them: ``BEGIN IMMEDIATE`` holds the
-    writers' lock (on PostgreSQL, an advisory lock), ``BEGIN``/``BEGIN
-    DEFERRED`` does not.
-
-    Yields
-    ------
-    Tracer
-        ``tracer`` itself.
-    """
+def traced(tracer: Tracer, tracers: Optional[list[Tracer]] = None) -> Iterator[Tracer]:
+    """Add ``tracer`` to ``tracers`` (by default the process-wide ones) for this block."""
+    chosen = _tracers if tracers is None else tracers
     with _lock:
-        _tracers.append(tracer)
+        chosen.append(tracer)
     try:
         yield tracer
     finally:
         with _lock:
-            _tracers.remove(tracer)
+            chosen.remove(tracer)
 
 
-def active_tracers() -> list[Tracer]:
-    """Return the tracers of the blocks running now (a copy)."""
+def active_tracers(*more: list[Tracer]) -> list[Tracer]:
+    """Return the process-wide tracers and those of ``more`` lists, as they are now (a copy)."""
     with _lock:
-        return list(_tracers)
-
-
-def emit(event: str, text: str) -> None:
-    """Show one event to every active tracer."""
-    for tracer in active_tracers():
-        tracer(event, text)
+        return [*_tracers, *(tracer for tracers in more for tracer in tracers)]
