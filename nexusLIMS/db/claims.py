@@ -30,12 +30,12 @@ from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, mark_after
 from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.enums import RecordStatus, coerce
-from nexusLIMS.db.errors import ClaimLostError, UnsupportedDatabaseError
+from nexusLIMS.db.errors import ClaimLostError, SessionRevisedError, UnsupportedDatabaseError
 from nexusLIMS.db.instruments import Instrument, read_instruments
 from nexusLIMS.db.logs import logs_of, set_status
 from nexusLIMS.db.pairing import check, waiting_logs
 from nexusLIMS.db.schema import SESSION_CLAIMS, has_table, transaction
-from nexusLIMS.db.session import Session
+from nexusLIMS.db.session import Session, handed_session, record_outcome
 from nexusLIMS.db.timestamps import utc_now, utc_text
 
 __all__ = [
@@ -130,6 +130,11 @@ class ClaimedSession(Session):
         ClaimLostError
             Another builder claimed the session after this claim expired (or an
             admin released it): nothing was written.
+        SessionRevisedError
+            (A ``ClaimLostError``.) The session's START or END was revised
+            while its record was built: the outcome was not recorded, the claim
+            ended, and the session waits to be built again with the new times
+            (``nexuslims-db check`` names it until then).
         """
         if coerce(RecordStatus, status, "record_status") is RecordStatus.TO_BE_BUILT:
             raise ValueError("TO_BE_BUILT is not an outcome; use release() to give the "
@@ -140,7 +145,8 @@ class ClaimedSession(Session):
         """Set the status of the session's logs if this builder still holds the claim.
 
         Any status but TO_BE_BUILT ends the claim. Returns False (with a
-        warning) and writes nothing when the claim was lost.
+        warning) and writes nothing when the claim was lost, or when the session
+        was revised while its record was built (see :meth:`finish`).
         """
         try:
             self._set_status(status)
@@ -151,14 +157,22 @@ class ClaimedSession(Session):
 
     def _set_status(self, status: Union[RecordStatus, str]) -> None:
         value = coerce(RecordStatus, status, "record_status").value
-        with transaction(self.database, begin="WRITE") as conn:
-            if value == RecordStatus.TO_BE_BUILT:  # not an outcome: the claim stays
+        if value == RecordStatus.TO_BE_BUILT:  # not an outcome: the claim stays
+            with transaction(self.database, begin="WRITE") as conn:
                 self._check_write(conn, f"record {value}")
-            elif not conn.execute(  # ends the claim, if it is still this builder's
-                    queries.END_OWN_CLAIM, (self.session_identifier, self.token)).rowcount:
-                raise self._lost(f"record {value}")
-            set_status(conn, value, session_identifier=self.session_identifier, claims_ended=True)
-        self.finished = value != RecordStatus.TO_BE_BUILT
+                set_status(conn, value, session_identifier=self.session_identifier,
+                           claims_ended=True)
+            return
+        with transaction(self.database, begin=None) as conn:
+            outcome = record_outcome(conn, self, value, token=self.token)
+        if not outcome.claim_held:
+            raise self._lost(f"record {value}")
+        self.finished = True  # the claim ended
+        if outcome.revisions:
+            raise SessionRevisedError(
+                f"Cannot record {value} for session {self.session_identifier!r}: it was revised "
+                f"while worker {self.worker} built its record ({outcome.describe_revisions()}); "
+                f"the claim ended and the session waits to be built again with the new times")
 
     def release(self) -> None:
         """Give the session back unbuilt (its claim ends; any builder may claim it)."""
@@ -243,10 +257,12 @@ def claim_sessions(
             for candidate in _consistent(conn, instruments, now, rows):
                 if limit is not None and len(claimed) >= limit:
                     break
-                claimed.append(ClaimedSession(
+                session = ClaimedSession(
                     candidate.session_identifier, candidate.instrument, candidate.dt_range,
                     candidate.user, worker=worker, token=uuid.uuid4().hex,
-                    expires_at=now + lease, database=conn.location))
+                    expires_at=now + lease, database=conn.location)
+                session._handed = candidate._handed
+                claimed.append(session)
             if limit is None:
                 break
         conn.executemany(queries.UPSERT_CLAIM, [
@@ -266,7 +282,7 @@ def _consistent(conn: Connection, instruments: dict[str, Instrument], now: datet
     young = mark_after()
     for identifier, (starts, ends) in waiting_logs(identifiers,
                                                     logs_of(conn, identifiers)).items():
-        session, _ = check(identifier, starts, ends, instruments, now, young, Session)
+        session, _ = check(identifier, starts, ends, instruments, now, young, handed_session)
         if session is not None:
             sessions.append(session)
     return sessions

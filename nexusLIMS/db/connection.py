@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Optional, Union
 
 from nexusLIMS.db.backends import Backend, Begin, backend_for, insert_statement
+from nexusLIMS.db.backends.base import Result
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database, lock_timeout
 from nexusLIMS.db.databases import Database, close_watches, database_at
 from nexusLIMS.db.trace import Tracer, active_tracers, traced
@@ -172,6 +173,24 @@ class Connection:
         for text in (began, sql, "COMMIT"):
             self._trace("execute", text)
         return count
+
+    def write_batch(
+        self, statements: Sequence[tuple[str, Params]], *, mode: str = "WRITE"
+    ) -> list[Result]:
+        """Run ``statements`` as one whole transaction; return each one's rows and row count.
+
+        Outside any transaction only. On a server, the transaction's
+        statements go in one round trip.
+        """
+        if self.in_transaction:
+            raise RuntimeError("write_batch runs its own transaction; one is open already")
+        _check_mode(mode)
+        statement = ""
+        with self._translating(statement):
+            began, results = self.backend.write_batch(self.raw, statements, mode, self._timeout)
+        for text in (began, *(sql for sql, _ in statements), "COMMIT"):
+            self._trace("execute", text)
+        return results
 
     def begin(self, mode: str = "DEFERRED") -> None:
         """Start a transaction: ``"DEFERRED"``, ``"WRITE"`` or ``"IMMEDIATE"`` (see ``Begin``)."""

@@ -107,3 +107,6 @@ class ProblemKind(_StrEnum):
     """The END is earlier than the START."""
     LATE_REVISION = "late_revision"
     """A harvester revised a START or END after the session's record was built."""
+    REVISED_DURING_BUILD = "revised_during_build"
+    """A START or END was revised while the session's record was built (or after it was
+    built and the session was set to be built again): it waits to be built with the new times."""

@@ -27,6 +27,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "MigrationError",
     "NexusLIMSDBError",
+    "SessionRevisedError",
     "UnsupportedDatabaseError",
     "UnsupportedSQLError",
 ]
@@ -62,6 +63,13 @@ class MigrationError(NexusLIMSDBError):
 
 class ClaimLostError(NexusLIMSDBError):
     """A builder's claim on a session expired and another builder holds it now."""
+
+
+class SessionRevisedError(ClaimLostError):
+    """The session was revised while its record was built: the outcome was not recorded.
+
+    Its claim has ended and it waits to be built again with the new times.
+    """
 
 
 class DatabaseLockedError(NexusLIMSDBError):

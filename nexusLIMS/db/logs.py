@@ -55,13 +55,13 @@ __all__ = [
     "SessionLog",
     "StoredLog",
     "WriteResult",
-    "end_claims",
     "insert_logs",
     "log_end",
     "log_start",
     "logs_of",
     "require_instrument",
     "set_status",
+    "settle_outcomes",
     "write_logs",
 ]
 
@@ -200,17 +200,25 @@ def _checked_row(log: SessionLog) -> StoredLog:
                      log.user)
 
 
-def logs_of(conn: Connection, identifiers: list[str]) -> list[StoredLog]:
+def logs_of(conn: Connection, identifiers: list[str], *, lock: bool = False) -> list[StoredLog]:
     """Return every stored log of the sessions ``identifiers`` (distinct), through their index.
 
     By identifier alone, so that every planner takes that index (a session
-    has few logs); callers filter statuses and events themselves.
+    has few logs); callers filter statuses and events themselves. ``lock``
+    keeps other writers (an outcome being recorded) off these rows until the
+    transaction ends.
     """
     rows: list[StoredLog] = []
+    lock_rows = conn.backend.lock_rows if lock else ""
     for condition, params in conn.backend.in_values("session_identifier", identifiers):
-        rows.extend(StoredLog(*row) for row in conn.fetchall(queries.select_logs(condition),
-                                                               params))
+        rows.extend(StoredLog(*row) for row in conn.fetchall(
+            queries.select_logs(condition) + lock_rows, params))
     return rows
+
+
+def _newest(logs: list[StoredLog]) -> StoredLog:
+    """Return the newest of ``logs`` (the highest id; one of this batch, id 0, is newer)."""
+    return max(logs, key=lambda log: log.id_session_log or float("inf"))
 
 
 def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
@@ -226,9 +234,11 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
         return result
     instruments = read_instruments(conn)
     rows = [_validated_row(log, instruments) for log in batch]
-    # The stored logs of the batch's sessions, by (identifier, instrument, event).
+    # The stored logs of the batch's sessions, by (identifier, instrument, event),
+    # locked: an outcome recorded meanwhile would make a revision late.
     by_event: dict[tuple[str, str, str], list[StoredLog]] = {}
-    for stored in logs_of(conn, list(dict.fromkeys(row.session_identifier for row in rows))):
+    identifiers = list(dict.fromkeys(row.session_identifier for row in rows))
+    for stored in logs_of(conn, identifiers, lock=True):
         by_event.setdefault((*stored[1:3], stored.event_type), []).append(stored)
     inserts: list[StoredLog] = []
     updates: dict[int, tuple[str, Optional[str]]] = {}
@@ -236,16 +246,23 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
     for row in rows:
         zone = instruments[row.instrument].timezone
         known = by_event.setdefault((*row[1:3], row.event_type), [])
+        revisable = row.event_type in (EventType.START, EventType.END)
+        waiting = [old for old in known if old.record_status in WAITING_STATUSES]
+        # A START or END is compared with the session's current log of its event
+        # (the newest waiting one, else the newest): one that equals a superseded
+        # log (an ERROR a repair left, say) is a revision, reverting a correction.
+        # Any other event is the same as any stored one.
+        compared = ([_newest(waiting or known)] if known else []) if revisable else known
         if any(old.user == row.user and same_instant(old.timestamp, row.timestamp, zone)
-               for old in known):
+               for old in compared):
             result.duplicates += 1
             logger.warning("SessionLog already existed in DB, so no row was added: %s",
                            describe_log(row))
-        elif row.event_type not in (EventType.START, EventType.END) or not known:
+        elif not revisable or not known:
             known.append(row)
             inserts.append(row)
-        elif waiting := [old for old in known if old.record_status in WAITING_STATUSES]:
-            old = max(waiting, key=lambda log: log.id_session_log)  # the newest
+        elif waiting:
+            old = _newest(waiting)
             new = old._replace(timestamp=row.timestamp, user=row.user)
             known[known.index(old)] = new
             if old.id_session_log:
@@ -255,7 +272,7 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
             _revise(old, row)
             result.revised += 1
         else:
-            late.append((max(known, key=lambda log: log.id_session_log), row))
+            late.append((_newest(known), row))
     conn.insert_rows(SESSION_LOG.name, queries.WRITTEN_LOG_COLUMNS,
                      [row[1:] for row in inserts])
     conn.executemany(queries.REVISE_LOG, [(timestamp, user, log_id)
@@ -337,26 +354,32 @@ def set_status(
 ) -> int:
     """Set ``record_status`` of a session's logs, or of the logs ``ids``; return rows changed.
 
-    An outcome (any status but TO_BE_BUILT) of a session ends the claims on
-    it, unless the caller did (``claims_ended``).
+    An outcome (any status but TO_BE_BUILT) of a session settles it (see
+    :func:`settle_outcomes`), unless the caller did (``claims_ended``).
     """
     value = coerce(RecordStatus, status, "record_status").value
     if session_identifier is not None:
         changed = int(conn.execute(queries.SET_SESSION_STATUS,
                                    (value, session_identifier)).rowcount)
         if value != RecordStatus.TO_BE_BUILT and not claims_ended:
-            end_claims(conn, [session_identifier])
+            settle_outcomes(conn, [session_identifier])
         return changed
     rows = [(value, log_id) for log_id in sorted(set(ids))]
     conn.executemany(queries.SET_LOG_STATUS, rows)
     return len(rows)
 
 
-def end_claims(conn: Connection, session_identifiers: Iterable[str]) -> None:
-    """End every claim on these sessions (nothing before schema version 3)."""
+def settle_outcomes(conn: Connection, session_identifiers: Iterable[str]) -> None:
+    """End the claims on these sessions and settle their revisions: an outcome was recorded.
+
+    Revisions applied in place are settled (no longer listed): the outcome is
+    for the times they set. Nothing of a table an older schema lacks.
+    """
     rows = [(identifier,) for identifier in session_identifiers]
     if rows and has_table(conn, SESSION_CLAIMS.name):
         conn.executemany(queries.END_CLAIMS, rows)
+    if rows and has_table(conn, SESSION_REVISIONS.name):
+        conn.executemany(queries.SETTLE_REVISIONS, rows)
 
 
 def _event_log(

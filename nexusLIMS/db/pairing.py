@@ -30,8 +30,10 @@ from nexusLIMS.db.timestamps import age, parse_timestamp, span
 __all__ = ["Pairing", "SessionProblem", "check", "pair_problems", "waiting_logs"]
 
 S = TypeVar("S")
-#: Makes a session: ``make(identifier, instrument, (start, end), user)``.
-SessionFactory = Callable[[str, Instrument, "tuple[datetime, datetime]", Optional[str]], S]
+#: Makes a session: ``make(identifier, instrument, (start, end), user, (start text,
+#: end text))``, the texts as stored.
+SessionFactory = Callable[
+    [str, Instrument, "tuple[datetime, datetime]", Optional[str], "tuple[str, str]"], S]
 #: ``(start id, identifier, instrument PID, start text, user, end text)``.
 PairRow = tuple[int, str, str, str, Optional[str], str]
 
@@ -186,7 +188,8 @@ def check(
         instrument = instruments[start.instrument]
         times, problems = pair_problems(identifier, start, end, instrument)
         if times is not None:
-            return make(identifier, instrument, times, start.user), []
+            return make(identifier, instrument, times, start.user,
+                        (start.timestamp, end.timestamp)), []
         found.extend((kind, detail, True) for kind, detail in problems)
     return None, [SessionProblem(identifier, kind, detail, ids, markable)
                   for kind, detail, markable in found]
@@ -238,7 +241,8 @@ class Pairing(Generic[S]):
         if times is None or instrument is None or not all(1 < t.year < 9999 for t in times):
             self.suspects[identifier] = None
             return
-        self.sessions.append((start_id, self.make(identifier, instrument, times, user)))
+        self.sessions.append((start_id, self.make(identifier, instrument, times, user,
+                                                  (start, end))))
 
     def pair_all(self, pairs: Iterable[PairRow]) -> None:
         """Make the sessions of many ``(start id, identifier, pid, start, user, end)``.
@@ -262,7 +266,8 @@ class Pairing(Generic[S]):
                 continue
             if (instrument is not None and 1 < dt_from.year < 9999 and 1 < dt_to.year < 9999
                     and (dt_from.tzinfo is None) is (dt_to.tzinfo is None) and dt_to >= dt_from):
-                append((start_id, make(identifier, instrument, (dt_from, dt_to), user)))
+                append((start_id, make(identifier, instrument, (dt_from, dt_to), user,
+                                       (start, end))))
             else:
                 self.pair(*pair)
 

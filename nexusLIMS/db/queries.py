@@ -109,6 +109,40 @@ INSERT_RECORD_GENERATION = (
 REVISE_LOG = f"UPDATE {_LOG} SET timestamp = ?, {quote('user')} = ? WHERE id_session_log = ?"
 #: The status of every log of a session.
 SET_SESSION_STATUS = f"UPDATE {_LOG} SET record_status = ? WHERE session_identifier = ?"
+
+# --- an outcome for the START and END a builder was handed -------------------------------
+#
+# A builder records an outcome for the START and END it was handed; a revision
+# may have changed them meanwhile (the harvester revises a waiting log in
+# place). The waiting START/END of session ``?`` that differ from what was
+# handed (parameters: the START's text, its user, the END's text):
+_WAITING = f"record_status IN ('{_TBB}', '{_WAITING_FOR_END}')"
+_DIFFERS_FROM_HANDED = (
+    f"session_identifier = ? AND {_WAITING} AND ((event_type = '{_START}' AND "
+    f"(timestamp <> ? OR coalesce({quote('user')}, '') <> coalesce(?, ''))) "
+    f"OR (event_type = '{_END}' AND timestamp <> ?))"
+)
+#: A condition: no waiting START/END of the session differs from what was handed
+#: (parameters: identifier, START text, START user, END text).
+UNREVISED_SINCE_HANDED = f"NOT EXISTS (SELECT 1 FROM {_LOG} WHERE {_DIFFERS_FROM_HANDED})"
+#: Every log of a session (to lock them, append the backend's ``lock_rows``).
+LOCK_SESSION_LOGS = f"SELECT 1 FROM {_LOG} WHERE session_identifier = ?"
+#: The waiting logs of a session that differ from what its builder was handed
+#: (parameters: identifier, START text, START user, END text).
+REVISED_SINCE_HANDED = select_logs(f"{_DIFFERS_FROM_HANDED} ORDER BY id_session_log")
+#: Keep the revisions that arrived while a record was built, once each
+#: (parameters: the START text, the END text (what was built), the time it was
+#: noticed, then identifier, START text, START user, END text).
+KEEP_REVISIONS_SINCE_HANDED = (
+    f"INSERT INTO {SESSION_REVISIONS.name} (log_id, session_identifier, instrument, "
+    f"event_type, stored_timestamp, revised_timestamp, revised_user, received_at) "
+    f"SELECT l.id_session_log, l.session_identifier, l.instrument, l.event_type, "
+    f"CASE WHEN l.event_type = '{_START}' THEN ? ELSE ? END, l.timestamp, l.{quote('user')}, ? "
+    f"FROM {_LOG} AS l WHERE {_DIFFERS_FROM_HANDED} "
+    f"AND NOT EXISTS (SELECT 1 FROM {SESSION_REVISIONS.name} AS r "
+    f"WHERE r.log_id = l.id_session_log AND r.revised_timestamp = l.timestamp "
+    f"AND coalesce(r.revised_user, '') = coalesce(l.{quote('user')}, ''))"
+)
 #: The status of one log.
 SET_LOG_STATUS = f"UPDATE {_LOG} SET record_status = ? WHERE id_session_log = ?"
 
@@ -197,6 +231,9 @@ UPSERT_CLAIM = (
 #: Whether this token still holds the session's claim (to lock the row, append the
 #: backend's ``lock_rows``).
 CLAIM_HELD = f"SELECT 1 FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?"
+#: A condition: the claim on the session is this token's (parameters: identifier, token).
+CLAIM_IS_HELD = (f"EXISTS (SELECT 1 FROM {_CLAIMS} WHERE {_CLAIMS}.session_identifier = ? "
+                 f"AND {_CLAIMS}.token = ?)")
 #: Extend a claim that this token holds.
 RENEW_CLAIM = f"UPDATE {_CLAIMS} SET expires_at = ? WHERE session_identifier = ? AND token = ?"
 #: End a claim that this token holds.
@@ -211,13 +248,23 @@ CLAIMS = (f"SELECT session_identifier, worker, claimed_at, expires_at FROM {_CLA
 
 # --- session_revisions ---------------------------------------------------------------
 
+#: Settle what a session's revisions said once an outcome is recorded for the
+#: times they set: those applied in place (the log has the revised time and user).
+SETTLE_REVISIONS = (
+    f"DELETE FROM {_REVISIONS} WHERE session_identifier = ? AND EXISTS (SELECT 1 FROM {_LOG} "
+    f"AS l WHERE l.id_session_log = {_REVISIONS}.log_id "
+    f"AND l.timestamp = {_REVISIONS}.revised_timestamp "
+    f"AND coalesce(l.{quote('user')}, '') = coalesce({_REVISIONS}.revised_user, ''))"
+)
 #: The revisions kept for one log.
 REVISIONS_OF_LOG = f"SELECT revised_timestamp, revised_user FROM {_REVISIONS} WHERE log_id = ?"
 #: Keep a revision that arrived after the session's record was built.
 INSERT_REVISION = insert(SESSION_REVISIONS, SESSION_REVISIONS.column_names[1:])
-#: The revisions kept, with the status of the log each revises, oldest first.
+#: The revisions kept, with the status, time and user of the log each revises,
+#: oldest first.
 LATE_REVISIONS = (
     f"SELECT r.session_identifier, r.event_type, r.stored_timestamp, r.revised_timestamp, "
-    f"r.revised_user, r.log_id, l.record_status FROM {_REVISIONS} AS r "
-    f"JOIN {_LOG} AS l ON l.id_session_log = r.log_id ORDER BY r.id_revision"
+    f"r.revised_user, r.log_id, l.record_status, l.timestamp, l.{quote('user')} "
+    f"FROM {_REVISIONS} AS r JOIN {_LOG} AS l ON l.id_session_log = r.log_id "
+    f"ORDER BY r.id_revision"
 )

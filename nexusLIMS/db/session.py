@@ -19,10 +19,11 @@ from nexusLIMS.db.enums import EventType, RecordStatus, coerce
 from nexusLIMS.db.errors import ConstraintError, ConstraintKind
 from nexusLIMS.db.instruments import Instrument, read_instruments
 from nexusLIMS.db.logs import require_instrument, set_status
-from nexusLIMS.db.schema import transaction
-from nexusLIMS.db.timestamps import now_local_iso, span
+from nexusLIMS.db.schema import SESSION_CLAIMS, SESSION_REVISIONS, has_table, transaction
+from nexusLIMS.db.tables import StoredLog
+from nexusLIMS.db.timestamps import now_local_iso, span, utc_now, utc_text
 
-__all__ = ["Session", "set_session_status"]
+__all__ = ["Outcome", "Session", "handed_session", "record_outcome", "set_session_status"]
 
 # The name NexusLIMS 1.4 logged these messages under.
 logger = logging.getLogger("nexusLIMS.db.session_handler")
@@ -51,6 +52,10 @@ class Session:
     user: Optional[str]
     dt_from: datetime = field(init=False, repr=False)
     dt_to: datetime = field(init=False, repr=False)
+    #: What the builder was handed, when the session came from the database:
+    #: the START's and END's timestamps as stored (see :func:`handed_session`).
+    _handed: Optional[tuple[str, str]] = field(default=None, init=False, repr=False,
+                                               compare=False)
 
     def __post_init__(self) -> None:
         if type(self.dt_range) is not tuple:  # a list would not hash
@@ -106,8 +111,16 @@ class Session:
             ``status`` is not allowed; the message lists the allowed values.
             Nothing is written.
         """
-        updated = set_session_status(self.session_identifier, status)
-        if updated == 0:
+        value = coerce(RecordStatus, status, "record_status").value
+        with transaction(self._database(), begin=None) as conn:
+            outcome = record_outcome(conn, self, value)
+        if outcome.revisions:
+            logger.warning(
+                "Session %r was revised while its record was built (%s); status %s not set: "
+                "it stays TO_BE_BUILT to be built again with the new times (see 'nexuslims-db "
+                "check')", self.session_identifier, outcome.describe_revisions(), value)
+            return True  # as NexusLIMS 1.4: the call is done; the session is built again
+        if outcome.updated == 0:
             logger.warning(
                 "No session_log rows have session_identifier %r; status %s not set",
                 self.session_identifier,
@@ -205,11 +218,124 @@ def set_session_status(
         try:
             return set_status(conn, value, session_identifier=session_identifier)
         except ConstraintError as exc:
-            if exc.kind is not ConstraintKind.CHECK:
-                raise
-            # The same type as 1.4 raised, with the remedy added.
-            raise exc.reworded(
-                f"{exc}: this database does not allow record_status {value!r}; it was "
-                f"probably made by NexusLIMS 1.4: run 'nexuslims-db migrate' "
-                f"(or nexusLIMS.db.migrate_db()) to update it"
-            ) from exc
+            raise _unknown_status(exc, value) from exc
+
+
+def handed_session(
+    identifier: str, instrument: Instrument, times: tuple[datetime, datetime],
+    user: Optional[str], texts: tuple[str, str],
+) -> Session:
+    """Return the :class:`Session` of a START and END read from the database.
+
+    It remembers the two timestamps as stored (``texts``): the outcome it
+    records is for those, and a revision that changed them meanwhile is
+    noticed (see :func:`record_outcome`).
+    """
+    session = Session(identifier, instrument, times, user)
+    session._handed = texts
+    return session
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What :func:`record_outcome` did.
+
+    Attributes
+    ----------
+    updated
+        How many logs got the new status.
+    revisions
+        The session's waiting logs as revised since it was handed out (none:
+        the outcome was recorded).
+    claim_held
+        Whether the claim (when a token was given) was still the builder's.
+    """
+
+    updated: int
+    revisions: tuple[StoredLog, ...] = ()
+    claim_held: bool = True
+
+    def describe_revisions(self) -> str:
+        """Name what changed: ``its END moved to 10:30 (log 7)``."""
+        return "; ".join(f"its {log.event_type} is now {log.timestamp} (user {log.user!r}, "
+                         f"log {log.id_session_log})" for log in self.revisions)
+
+
+def record_outcome(
+    conn: Connection, session: Session, value: str, *, token: Optional[str] = None
+) -> Outcome:
+    """Record ``value`` for ``session`` in one transaction (one round trip to a server).
+
+    For a session read from the database (:func:`handed_session`), an outcome
+    (any status but TO_BE_BUILT) is recorded only if the session's waiting
+    START and END are still the ones handed out; otherwise nothing is set,
+    the session stays to be built again, and its revisions are kept for
+    ``check`` to name until an outcome is recorded for the new times. With a
+    claim's ``token``, everything also requires that the claim is still this
+    builder's, and the claim ends (also when the session was revised).
+
+    Must be called outside a transaction.
+    """
+    identifier = session.session_identifier
+    outcome = value != RecordStatus.TO_BE_BUILT
+    handed = session._handed if outcome else None
+    revisions_kept = has_table(conn, SESSION_REVISIONS.name)
+    claims_kept = has_table(conn, SESSION_CLAIMS.name)
+    guard: list[tuple[str, tuple[Any, ...]]] = []  # (condition, its parameters)
+    if token is not None:
+        guard.append((queries.CLAIM_IS_HELD, (identifier, token)))
+    revised_since: tuple[Any, ...] = ()
+    if handed is not None:
+        revised_since = (identifier, handed[0], session.user, handed[1])
+        guard.append((queries.UNREVISED_SINCE_HANDED, revised_since))
+    statements: list[tuple[str, tuple[Any, ...]]] = []
+    lock = conn.backend.lock_rows
+    if lock:  # keep a revision (or a claim's takeover) out until this commits
+        statements.append((queries.LOCK_SESSION_LOGS + lock, (identifier,)))
+        if token is not None:
+            statements.append((queries.CLAIM_HELD + lock, (identifier, token)))
+    first = len(statements)
+    if handed is not None:
+        statements.append((queries.REVISED_SINCE_HANDED, revised_since))
+        if revisions_kept:
+            statements.append(_guarded(
+                queries.KEEP_REVISIONS_SINCE_HANDED,
+                (handed[0], handed[1], utc_text(utc_now()), *revised_since),
+                guard[:-1]))
+    statements.append(_guarded(queries.SET_SESSION_STATUS, (value, identifier), guard))
+    update = len(statements) - 1
+    if outcome and revisions_kept:
+        statements.append(_guarded(queries.SETTLE_REVISIONS, (identifier,), guard))
+    if token is not None:  # the claim ends, whatever else happened
+        statements.append((queries.END_OWN_CLAIM, (identifier, token)))
+    elif outcome and claims_kept:
+        statements.append(_guarded(queries.END_CLAIMS, (identifier,), guard))
+    try:
+        results = conn.write_batch(statements, mode="WRITE")
+    except ConstraintError as exc:
+        raise _unknown_status(exc, value) from exc
+    revisions = tuple(StoredLog(*row) for row in results[first][0] or ()) \
+        if handed is not None else ()
+    held = token is None or results[-1][1] > 0
+    return Outcome(results[update][1], revisions if held else (), held)
+
+
+def _guarded(
+    statement: str, params: tuple[Any, ...], guard: list[tuple[str, tuple[Any, ...]]]
+) -> tuple[str, tuple[Any, ...]]:
+    """Return ``statement`` (which has a WHERE) that runs only where ``guard`` holds."""
+    for condition, values in guard:
+        statement = f"{statement} AND {condition}"
+        params = (*params, *values)
+    return statement, params
+
+
+def _unknown_status(exc: ConstraintError, value: str) -> ConstraintError:
+    """Return ``exc``, with the remedy added when the database's CHECK predates ``value``."""
+    if exc.kind is not ConstraintKind.CHECK:
+        return exc
+    # The same type as 1.4 raised, with the remedy added.
+    return exc.reworded(
+        f"{exc}: this database does not allow record_status {value!r}; it was probably made "
+        f"by NexusLIMS 1.4: run 'nexuslims-db migrate' (or nexusLIMS.db.migrate_db()) to "
+        f"update it")

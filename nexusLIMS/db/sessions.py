@@ -21,9 +21,9 @@ from typing import Literal, Optional
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseRef, mark_after
 from nexusLIMS.db.connection import Connection
-from nexusLIMS.db.enums import ProblemKind, RecordStatus
+from nexusLIMS.db.enums import WAITING_STATUSES, ProblemKind, RecordStatus
 from nexusLIMS.db.instruments import Instrument, read_instruments
-from nexusLIMS.db.logs import end_claims, logs_of, set_status
+from nexusLIMS.db.logs import logs_of, set_status, settle_outcomes
 from nexusLIMS.db.pairing import Pairing, SessionProblem
 from nexusLIMS.db.schema import (
     PAIRING_INDEX,
@@ -33,7 +33,7 @@ from nexusLIMS.db.schema import (
     has_table,
     transaction,
 )
-from nexusLIMS.db.session import Session, set_session_status
+from nexusLIMS.db.session import Session, handed_session, set_session_status
 from nexusLIMS.db.tables import StoredLog
 from nexusLIMS.db.timestamps import utc_now, utc_text
 
@@ -98,7 +98,7 @@ def _pair(
     conn: Connection, instruments: Optional[Mapping[str, Instrument]]
 ) -> tuple[list[Session], list[SessionProblem]]:
     known = dict(instruments) if instruments is not None else read_instruments(conn)
-    pairing = Pairing(known, utc_now(), mark_after(), Session)
+    pairing = Pairing(known, utc_now(), mark_after(), handed_session)
     backend = conn.backend
     if backend.pairs_through_index \
             and PAIRING_INDEX.name in backend.index_names(conn.raw, SESSION_LOG.name):
@@ -127,20 +127,32 @@ def live_claims(conn: Connection) -> set[str]:
 
 
 def late_revisions(conn: Connection) -> list[SessionProblem]:
-    """Revisions that arrived after a session's record was built (schema version 4+)."""
+    """Revisions a record does not cover yet (schema version 4+), oldest first.
+
+    A revision that arrived after the session's record was built (the log
+    kept its time) is a late revision; one applied while the record was
+    being built (the outcome was refused) leaves the session to be built
+    again, and is named until an outcome is recorded for the new times.
+    """
     if not has_table(conn, SESSION_REVISIONS.name):
         return []
-    rows = conn.fetchall(queries.LATE_REVISIONS)
-    return [
-        SessionProblem(
-            identifier, ProblemKind.LATE_REVISION,
-            (f"its {event} was revised from {stored} to {revised}" if stored != revised
-             else f"the user of its {event} was revised to {user!r}")
-            + f" after its record was built (status {status}); an admin may set it to "
-              f"TO_BE_BUILT to build it again",
-            (log_id,), markable=False)
-        for identifier, event, stored, revised, user, log_id, status in rows
-    ]
+    problems = []
+    for identifier, event, stored, revised, user, log_id, status, now, now_user in \
+            conn.fetchall(queries.LATE_REVISIONS):
+        change = (f"its {event} was revised from {stored} to {revised}" if stored != revised
+                  else f"the user of its {event} was revised to {user!r}")
+        if status in WAITING_STATUSES:
+            problems.append(SessionProblem(
+                identifier, ProblemKind.REVISED_DURING_BUILD,
+                f"{change} while (or after) a record was built for {stored}; no outcome was "
+                f"recorded for the new times yet: it waits to be built again "
+                f"(status {status})", (log_id,), markable=False))
+        elif (now, now_user or "") != (revised, user or ""):  # applied in place: settled
+            problems.append(SessionProblem(
+                identifier, ProblemKind.LATE_REVISION,
+                f"{change} after its record was built (status {status}); an admin may set it "
+                f"to TO_BE_BUILT to build it again", (log_id,), markable=False))
+    return problems
 
 
 def find_session_problems(*, database: Optional[DatabaseRef] = None) -> list[SessionProblem]:
@@ -231,7 +243,7 @@ def get_sessions_to_build(
             marked = {p.session_identifier for p in problems if p.markable}
             set_status(conn, RecordStatus.ERROR, ids=[
                 log_id for p in problems if p.session_identifier in marked for log_id in p.log_ids])
-            end_claims(conn, marked)
+            settle_outcomes(conn, marked)
     by_session: dict[str, list[str]] = {}
     for problem in problems:
         by_session.setdefault(problem.session_identifier, []).append(

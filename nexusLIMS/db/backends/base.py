@@ -13,7 +13,7 @@ from nexusLIMS.db.config import Backend as BackendName
 from nexusLIMS.db.config import DatabaseLocation
 from nexusLIMS.db.tables import TABLES, Table
 
-__all__ = ["Backend", "Begin", "Pool", "insert_statement", "writes_to_parent"]
+__all__ = ["Backend", "Begin", "Pool", "Result", "insert_statement", "writes_to_parent"]
 
 #: ``"DEFERRED"``: a read; ``"WRITE"``: writes that need no other writer kept
 #: out (each checks what it needs in the statement that writes); ``"IMMEDIATE"``:
@@ -21,6 +21,11 @@ __all__ = ["Backend", "Begin", "Pool", "insert_statement", "writes_to_parent"]
 #: may interleave with; ``None``: autocommit. (SQLite has one writer at a time
 #: anyway: WRITE and IMMEDIATE are both its BEGIN IMMEDIATE.)
 Begin = Optional[str]
+
+
+#: What a statement of a batch gave: its rows (None for a statement that
+#: returns none) and the number of rows it changed.
+Result = tuple[Optional[list[tuple[Any, ...]]], int]
 
 
 class Pool(Protocol):
@@ -85,6 +90,16 @@ class Backend(Protocol):
 
         Returns the begin statement to trace (as :meth:`begin`) and the
         statement's row count. On failure the transaction is left for the
+        caller to roll back.
+        """
+
+    def write_batch(
+        self, raw: Any, statements: Sequence[tuple[str, Any]], mode: str, timeout: float
+    ) -> tuple[str, list[Result]]:
+        """Begin a transaction of ``mode``, run ``statements``, commit: in one round trip.
+
+        Returns the begin statement to trace (as :meth:`begin`) and each
+        statement's :data:`Result`. On failure the transaction is left for the
         caller to roll back.
         """
 

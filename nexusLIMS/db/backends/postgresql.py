@@ -24,7 +24,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus, TransactionStatus
 
-from nexusLIMS.db.backends.base import Pool, insert_statement, writes_to_parent
+from nexusLIMS.db.backends.base import Pool, Result, insert_statement, writes_to_parent
 from nexusLIMS.db.backends.ddl import POSTGRESQL_DDL, Dialect
 from nexusLIMS.db.backends.translate import native_sql, to_postgres
 from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout
@@ -254,13 +254,22 @@ class _PostgreSQL:
     def write_alone(
         self, raw: Any, sql: str, params: Any, mode: str, timeout: float
     ) -> tuple[str, int]:
+        began, ((_, count),) = self.write_batch(raw, [(sql, params)], mode, timeout)
+        return began, count
+
+    def write_batch(
+        self, raw: Any, statements: Sequence[tuple[str, Any]], mode: str, timeout: float
+    ) -> tuple[str, list[Result]]:
         # A pipeline sends every statement, then waits once: one round trip.
         with raw.pipeline():
             for statement in _begin_statements(mode, timeout):
                 raw.execute(statement)
-            cursor = raw.execute(native_sql(sql), params if params is not None else ())
+            cursors = [raw.execute(native_sql(sql), params if params is not None else ())
+                       for sql, params in statements]
             raw.execute("COMMIT")
-        return _traced_begin(mode), int(cursor.rowcount)
+        return _traced_begin(mode), [
+            (cursor.fetchall() if cursor.description else None, int(cursor.rowcount))
+            for cursor in cursors]
 
     def executemany(self, raw: Any, sql: str, rows: Sequence[Any]) -> None:
         with raw.cursor() as cursor:

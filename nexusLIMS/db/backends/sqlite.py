@@ -19,7 +19,7 @@ from pathlib import Path, PurePath
 from typing import Any, Callable, Optional, Sequence, TypeVar
 from urllib.parse import quote as quote_url
 
-from nexusLIMS.db.backends.base import Pool, insert_statement, writes_to_parent
+from nexusLIMS.db.backends.base import Pool, Result, insert_statement, writes_to_parent
 from nexusLIMS.db.backends.ddl import SQLITE_DDL, Dialect
 from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout
 from nexusLIMS.db.config import Backend as BackendName
@@ -205,10 +205,20 @@ class _SQLite:
     def write_alone(
         self, raw: Any, sql: str, params: Any, mode: str, timeout: float
     ) -> tuple[str, int]:
+        began, ((_, count),) = self.write_batch(raw, [(sql, params)], mode, timeout)
+        return began, count
+
+    def write_batch(
+        self, raw: Any, statements: Sequence[tuple[str, Any]], mode: str, timeout: float
+    ) -> tuple[str, list[Result]]:
         began = self.begin(raw, mode, timeout)
-        count = raw.execute(sql, params).rowcount
+        results: list[Result] = []
+        for sql, params in statements:
+            cursor = raw.execute(sql, params)
+            rows = cursor.fetchall() if cursor.description else None
+            results.append((rows, int(cursor.rowcount)))
         raw.execute("COMMIT")
-        return began, int(count)
+        return began, results
 
     def executemany(self, raw: Any, sql: str, rows: Sequence[Any]) -> None:
         raw.executemany(sql, rows)
