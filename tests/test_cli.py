@@ -1176,7 +1176,7 @@ def test_completion_without_argcomplete_names_the_extra(
     assert (code, out) == (1, "")
     line = _one_error_line(err)
     assert "argcomplete" in line
-    assert 'pip install "nexusLIMS[completion]"' in line
+    assert 'pip install "nexuslims-db[completion]"' in line
 
 
 def test_completion_of_an_unknown_shell_is_a_usage_error(run: Run) -> None:

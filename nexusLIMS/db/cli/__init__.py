@@ -16,6 +16,7 @@ import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from nexusLIMS import DISTRIBUTION
 from nexusLIMS.db.cli import commands
 from nexusLIMS.db.cli.commands import PROG
 from nexusLIMS.db.cli.output import printable
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     completion = _sub(commands_, "completion", "print a shell completion script",
                       f'eval "$({PROG} completion bash)"', commands.cmd_completion,
-                      "Needs the completion extra: pip install \"nexusLIMS[completion]\".")
+                      f'Needs the completion extra: pip install "{DISTRIBUTION}[completion]".')
     completion.add_argument("shell", choices=("bash", "zsh", "fish", "tcsh", "powershell"))
     return parser
 

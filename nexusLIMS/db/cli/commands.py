@@ -8,6 +8,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from nexusLIMS import DISTRIBUTION
 from nexusLIMS.db.claims import list_claims, release_claim
 from nexusLIMS.db.cli.output import duration, plural, printable, table, to_json
 from nexusLIMS.db.config import locate_database
@@ -378,6 +379,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
     try:
         from argcomplete.shell_integration import shellcode
     except ImportError:
-        return _error('shell completion needs argcomplete: pip install "nexusLIMS[completion]"')
+        return _error(f'shell completion needs argcomplete: '
+                      f'pip install "{DISTRIBUTION}[completion]"')
     print(shellcode([PROG], shell=args.shell), end="")
     return 0
