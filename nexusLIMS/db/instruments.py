@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 import pytz
 
 from nexusLIMS.db.config import (
+    ENV_DB_PATH,
     DatabaseLocation,
     DatabaseRef,
     configured_database,
@@ -55,6 +56,11 @@ DEFAULT_TIMEZONE = str(INSTRUMENTS.column("timezone").default)
 _PID = "instrument_pid"
 _ATTRIBUTES = tuple("name" if c == _PID else c for c in INSTRUMENTS.column_names)
 _SELECT = f"SELECT {', '.join(INSTRUMENTS.column_names)} FROM {INSTRUMENTS.name}"
+# What repr(instrument_db) shows while no database is configured.
+_UNCONFIGURED_REPR = (
+    f"<instrument_db: the instruments of the database that ${ENV_DB_PATH} names "
+    f"(none is configured now)>"
+)
 
 Row = tuple[Any, ...]
 
@@ -304,6 +310,10 @@ class InstrumentDB(dict[str, Instrument]):
         return other | self._current()
 
     def __repr__(self) -> str:
+        # help(), pydoc and Sphinx show module data by its repr: without a
+        # database configured that must not raise (nor open anything).
+        if configured_database() is None:
+            return _UNCONFIGURED_REPR
         return repr(self._current())
 
     def __reduce__(self) -> tuple[Any, ...]:
