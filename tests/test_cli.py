@@ -1160,6 +1160,7 @@ def test_info_on_a_1_4_database_suggests_migrate(tmp_path: Path, run: Run, no_en
 # ---------------------------------------------------------- completion
 
 
+@pytest.mark.extra("completion")
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_prints_a_script(run: Run, shell: str) -> None:
     code, out, err = run("completion", shell)
