@@ -5,3 +5,7 @@ environment variable; the database is opened only when a function is called.
 """
 
 __version__ = "1.4.3.post1"
+
+#: The name this package is installed by (``pip install nexuslims-db``); it
+#: provides the import package ``nexusLIMS``, as NexusLIMS itself does.
+DISTRIBUTION = "nexuslims-db"

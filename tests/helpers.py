@@ -8,6 +8,7 @@ both backends, through the package's own connection helper.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import logging
 import shutil
@@ -30,6 +31,18 @@ QUANTA = "FEI-Quanta-ESEM-633137"
 JEOL = "JEOL-JEM3010-TEM-565989"
 #: How 1.4's error for a START without exactly one END begins.
 END_COUNT_PREFIX = "There was not exactly one 'END' log for this 'START' log; "
+
+
+def optional_module(name: str) -> Any:
+    """Return the module ``name``, or None when it is not installed (an extra's module)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+#: psycopg, or None without the postgres extra (conftest.py then skips the tests needing it).
+psycopg = optional_module("psycopg")
 
 #: (session_identifier, instrument, timestamp, event_type, record_status, user)
 Row = tuple[str, str, str, str, str, Optional[str]]

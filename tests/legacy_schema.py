@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Union
@@ -176,3 +177,28 @@ def file_shape(path: Union[str, os.PathLike[str]]) -> tuple[Any, ...]:
     with closing(sqlite3.connect(path)) as conn:
         return (conn.execute("PRAGMA user_version").fetchall(),
                 conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall())
+
+
+def main(argv: list[str]) -> int:
+    """Make a NexusLIMS 1.4 file with the demo's sessions: ``python tests/legacy_schema.py PATH``.
+
+    For trying ``nexuslims-db migrate`` (as the README does) without a
+    facility's database. An existing file is never touched.
+    """
+    from nexusLIMS.db.samples import populate_demo
+
+    if len(argv) != 1:
+        print("usage: python tests/legacy_schema.py PATH", file=sys.stderr)
+        return 2
+    path = Path(argv[0])
+    if path.exists():
+        print(f"{path} exists already; nothing was changed", file=sys.stderr)
+        return 1
+    summary = populate_demo(make_legacy_db(path))
+    print(f"Made {path}: a NexusLIMS 1.4 database (schema version 0) holding the demo's "
+          f"{len(summary.instruments)} instruments and {summary.logs} session logs.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1160,6 +1160,7 @@ def test_info_on_a_1_4_database_suggests_migrate(tmp_path: Path, run: Run, no_en
 # ---------------------------------------------------------- completion
 
 
+@pytest.mark.extra("completion")
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_prints_a_script(run: Run, shell: str) -> None:
     code, out, err = run("completion", shell)
@@ -1176,7 +1177,7 @@ def test_completion_without_argcomplete_names_the_extra(
     assert (code, out) == (1, "")
     line = _one_error_line(err)
     assert "argcomplete" in line
-    assert 'pip install "nexusLIMS[completion]"' in line
+    assert 'pip install "nexuslims-db[completion]"' in line
 
 
 def test_completion_of_an_unknown_shell_is_a_usage_error(run: Run) -> None:

@@ -17,7 +17,8 @@ PACKAGE = Path(nexusLIMS.__file__).parent
 
 #: The layers, lowest first; a module imports only from its own layer or lower ones.
 LAYERS: list[set[str]] = [
-    {"nexusLIMS.utils", "nexusLIMS.db.enums", "nexusLIMS.db.errors", "nexusLIMS.db.validation"},
+    {"nexusLIMS", "nexusLIMS.utils", "nexusLIMS.db.enums", "nexusLIMS.db.errors",
+     "nexusLIMS.db.validation"},
     {"nexusLIMS.db.config", "nexusLIMS.db.timestamps"},
     {"nexusLIMS.db.tables"},
     {"nexusLIMS.db.queries", "nexusLIMS.db.backends.ddl", "nexusLIMS.db.backends.translate"},
@@ -37,8 +38,8 @@ LAYERS: list[set[str]] = [
     {"nexusLIMS.db.claims"},
     {"nexusLIMS.db.summary", "nexusLIMS.db.transfer", "nexusLIMS.db.legacy_sql",
      "nexusLIMS.db.samples"},
-    {"nexusLIMS", "nexusLIMS.db", "nexusLIMS.db.session_handler", "nexusLIMS.instruments"},
-    {"nexusLIMS.db.cli.output"},
+    {"nexusLIMS.db", "nexusLIMS.db.session_handler", "nexusLIMS.instruments"},
+    {"nexusLIMS.db.cli.output", "nexusLIMS.db.cli.parsing"},
     {"nexusLIMS.db.cli.commands"},
     {"nexusLIMS.db.cli", "nexusLIMS.db.__main__", "nexusLIMS.db.pytest_plugin"},
 ]

@@ -282,6 +282,7 @@ def test_sql_without_a_postgresql_equivalent_is_refused_naming_it(
     assert make_db_query("SELECT count(*) FROM instruments") == before
 
 
+@pytest.mark.extra("postgres")
 def test_the_translation_quotes_identifiers_and_keeps_placeholders() -> None:
     translated = to_postgres("SELECT user, timestamp FROM session_log WHERE id_session_log = ? "
                              "AND session_identifier LIKE 'a%' AND user = :who")

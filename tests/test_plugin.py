@@ -33,7 +33,7 @@ def _tables(path: Path) -> set[str]:
 
 def test_entry_point_is_registered() -> None:
     points = [
-        point for point in metadata.distribution("nexusLIMS").entry_points
+        point for point in metadata.distribution("nexuslims-db").entry_points
         if point.group == "pytest11"
     ]
     assert [(point.name, point.value) for point in points] == [("nexuslims_db", PLUGIN_MODULE)]

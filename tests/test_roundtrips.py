@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import psycopg
 import pytest
+from helpers import psycopg
 from roundtrips import RoundTripCounter, _ClientStream
 
 # A start-up message (protocol 3.0, user "u"), then Parse, Bind, Execute, Sync,

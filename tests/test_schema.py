@@ -22,10 +22,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import pytz
-from helpers import JEOL, QUANTA, TITAN, describe, log, sql
+from helpers import JEOL, QUANTA, TITAN, describe, log, psycopg, sql
 from legacy_schema import (
     LEGACY_1_4_INDEX,
     LEGACY_1_4_SCHEMA,

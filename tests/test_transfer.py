@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -163,12 +164,14 @@ def test_refusals(source: DatabaseLocation, tmp_path: Path) -> None:
 
 
 def test_the_command_line_copies_shows_progress_and_checks(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     big = init_db(tmp_path / "big.sqlite")
     add_sample_instruments(big)
     insert_logs([log(f"s{i}", "START", f"2024-01-01T10:{i // 60 % 60:02d}:{i % 60:02d}")
                  for i in range(12_000)], big)
+    # Progress is shown on a terminal only (see test_cli for the quiet case).
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main(["copy", str(big.path), str(tmp_path / "copy.sqlite")]) == 0
     out, err = capsys.readouterr()
     assert "session_log        12000" in out

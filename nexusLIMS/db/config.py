@@ -8,7 +8,8 @@ variable                       meaning
 =============================  ===============================================
 ``nexusLIMS_db_path``          the SQLite file, or a ``postgresql://`` URL
 ``NX_DB_PATH``                 used when ``nexusLIMS_db_path`` is unset (2.x)
-``nexusLIMS_db_timeout``       seconds to wait for another writer's lock (30)
+``nexusLIMS_db_timeout``       how long to wait for another writer's lock:
+                               seconds, or with a unit (``90``, ``2m``; 30)
 ``nexusLIMS_db_mark_after``    age after which ``mark`` may mark a session
                                that a writer could still complete (3d)
 ``nexusLIMS_user``             user stored on RECORD_GENERATION logs
@@ -217,7 +218,8 @@ def _seconds(variable: str, raw: str) -> float:
 def lock_timeout() -> float:
     """Return how many seconds to wait for another writer's lock.
 
-    ``nexusLIMS_db_timeout`` when set, else :data:`DEFAULT_TIMEOUT`.
+    ``nexusLIMS_db_timeout`` (seconds, or with a unit: ``90``, ``2m``) when
+    set, else :data:`DEFAULT_TIMEOUT`.
 
     Raises
     ------

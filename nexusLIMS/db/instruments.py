@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 import pytz
 
 from nexusLIMS.db import queries
-from nexusLIMS.db.config import DatabaseRef
+from nexusLIMS.db.config import ENV_DB_PATH, DatabaseRef, configured_database
 from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.databases import Database, configured_database_state
 from nexusLIMS.db.schema import INSTRUMENTS, transaction
@@ -54,6 +54,11 @@ _PID = "instrument_pid"
 _ATTRIBUTES = tuple("name" if c == _PID else c for c in INSTRUMENTS.column_names)
 # Where each database keeps its registry (see nexusLIMS.db.databases).
 _REGISTRY = "instruments"
+# What repr(instrument_db) shows while no database is configured.
+_UNCONFIGURED_REPR = (
+    f"<instrument_db: the instruments of the database that ${ENV_DB_PATH} names "
+    f"(none is configured now)>"
+)
 
 Row = tuple[Any, ...]
 
@@ -296,6 +301,10 @@ class InstrumentDB(dict[str, Instrument]):
         return other | self._current()
 
     def __repr__(self) -> str:
+        # help(), pydoc and Sphinx show module data by its repr: without a
+        # database configured that must not raise (nor open anything).
+        if configured_database() is None:
+            return _UNCONFIGURED_REPR
         return repr(self._current())
 
     def __reduce__(self) -> tuple[Any, ...]:

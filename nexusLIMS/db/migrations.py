@@ -25,9 +25,20 @@ from nexusLIMS.db.errors import MigrationError, NexusLIMSDBError, UnsupportedDat
 from nexusLIMS.db.schema import forget, inspect
 from nexusLIMS.db.tables import INDEXES, INSTRUMENTS, SCHEMA_VERSION, SESSION_LOG, TABLES
 
-__all__ = ["STEPS", "MigrationResult", "Step", "backup_path_for", "migrate_db", "pending_steps"]
+__all__ = [
+    "STEPS",
+    "MigrationResult",
+    "Progress",
+    "Step",
+    "backup_path_for",
+    "migrate_db",
+    "pending_steps",
+]
 
 logger = logging.getLogger(__name__)
+
+#: A progress callback: ``progress(what is being done, units done, units in all)``.
+Progress = Callable[[str, int, int], None]
 
 _INDEX_1_4 = "session_log.fk_instrument_idx"
 
@@ -186,6 +197,25 @@ def _preflight(conn: Connection) -> None:
                 f"session_log.{column.name} holds values the current schema forbids: {listed}")
 
 
+def _stages(progress: Optional[Progress], steps: tuple[Step, ...], rows: int, *,
+            backup: bool, vacuum: bool) -> Callable[[Optional[str]], None]:
+    """Return ``tell(stage)``: reports each stage as it starts (None: all done) to ``progress``.
+
+    A stage that reads every row (backup, rebuild, VACUUM) weighs the row
+    count; any other weighs one, so the units done estimate the time left.
+    """
+    weights = ([("backing up", rows)] if backup else []) + [
+        (f"step {s.version}/{SCHEMA_VERSION} {s.name}", rows if s.rebuilds else 1) for s in steps
+    ] + ([("compacting (VACUUM)", rows)] if vacuum else [])
+    total = sum(weight for _, weight in weights)
+    done = {name: sum(w for _, w in weights[:i]) for i, (name, _) in enumerate(weights)}
+
+    def tell(stage: Optional[str]) -> None:
+        if progress is not None:
+            progress(stage or "done", total if stage is None else done[stage], total)
+    return tell
+
+
 def _remove_partial_backups(location: DatabaseLocation) -> tuple[Path, ...]:
     path = location.path
     removed = tuple(sorted(path.parent.glob(f"{path.name}.bak-*.partial*")))
@@ -198,7 +228,8 @@ def _remove_partial_backups(location: DatabaseLocation) -> tuple[Path, ...]:
 
 
 def migrate_db(
-    database: Optional[DatabaseRef] = None, *, backup: bool = True, dry_run: bool = False
+    database: Optional[DatabaseRef] = None, *, backup: bool = True, dry_run: bool = False,
+    progress: Optional[Progress] = None,
 ) -> MigrationResult:
     """Bring the database up to the current schema, keeping every row.
 
@@ -218,6 +249,10 @@ def migrate_db(
         name and renamed once complete).
     dry_run
         Only report the pending steps; change nothing.
+    progress
+        Called as each stage starts (backup, each step, compaction) with its
+        name, the units of work done and the units in all, and once at the
+        end with ``"done"``: for a progress display.
 
     Returns
     -------
@@ -252,7 +287,11 @@ def migrate_db(
                                        removed_partial_backups=removed)
             if any(step.rebuilds for step in steps):
                 _preflight(conn)
+            compacts = backend.is_file and any(step.rebuilds for step in steps)
+            tell = _stages(progress, steps, rows, backup=backend.is_file and backup,
+                           vacuum=compacts)
             if backend.is_file and backup:
+                tell("backing up")
                 # Our write lock is held but nothing is written yet, so the copy
                 # shows exactly the state that is migrated.
                 target = backup_path_for(location.path)
@@ -261,6 +300,7 @@ def migrate_db(
             orphans = int(conn.scalar(queries.COUNT_ORPHAN_LOGS))
             for step in steps:
                 logger.info("Migration step %d (%s): %s", step.version, step.name, step.description)
+                tell(f"step {step.version}/{SCHEMA_VERSION} {step.name}")
                 step.apply(conn)
             backend.set_schema_version(conn.raw, SCHEMA_VERSION)
             if int(conn.scalar(queries.count(SESSION_LOG))) != rows:
@@ -276,7 +316,8 @@ def migrate_db(
         raise MigrationError(
             f"Could not migrate {location}; it was left unchanged{where}: {exc}") from exc
     vacuumed = False
-    if any(step.rebuilds for step in steps):
+    if compacts:
+        tell("compacting (VACUUM)")
         try:
             vacuumed = backend.compact(location)
         except (NexusLIMSDBError, OSError) as exc:
@@ -285,6 +326,7 @@ def migrate_db(
     if orphans:
         logger.warning("%d session_log rows name an instrument that is not in the instruments "
                        "table; they were kept as they were", orphans)
+    tell(None)
     logger.info("Migrated %s from schema version %d to %d", location, info.version, SCHEMA_VERSION)
     return MigrationResult(location, True, info.version, SCHEMA_VERSION, steps, rows, copy,
                            orphans, removed, vacuumed)

@@ -23,12 +23,15 @@ The PostgreSQL fixtures start one server per test session with PostgreSQL's
 own ``initdb`` and ``pg_ctl`` (found through ``pg_config --bindir`` or the
 ``PATH``; as root, they run as the ``postgres`` user), in a temporary folder,
 listening on a free loopback port, and stop it at the end. When no server can
-be started they skip, unless ``NEXUSLIMS_TEST_POSTGRES=require`` (then they
-fail); ``NEXUSLIMS_TEST_POSTGRES=postgresql://...`` uses that server instead.
+be started, or the ``postgres`` extra (psycopg, sqlglot) is not installed,
+they skip with the reason, unless ``NEXUSLIMS_TEST_POSTGRES=require`` (then
+they fail); ``NEXUSLIMS_TEST_POSTGRES=postgresql://...`` uses that server
+instead.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -56,6 +59,7 @@ from nexusLIMS.db.schema import init_db
 
 __all__ = [
     "PostgresServer",
+    "missing_postgres_extra",
     "nexuslims_database",
     "nexuslims_db",
     "nexuslims_instruments",
@@ -65,6 +69,17 @@ __all__ = [
 ]
 
 _REQUIRE = "require"
+
+
+def missing_postgres_extra() -> Optional[str]:
+    """Return why the ``postgres`` extra cannot be used (a skip reason), or None when it can."""
+    missing = [name for name in ("psycopg", "sqlglot") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    from nexusLIMS import DISTRIBUTION
+
+    return (f"PostgreSQL needs the postgres extra ({' and '.join(missing)} not installed): "
+            f'pip install "{DISTRIBUTION}[postgres]"')
 
 
 def _point_at(monkeypatch: pytest.MonkeyPatch, location: DatabaseLocation) -> None:
@@ -159,6 +174,11 @@ def postgres_bindir() -> Optional[Path]:
 def nexuslims_postgres_server() -> Iterator[str]:
     """Return the URL of a PostgreSQL server for the tests (started for the session)."""
     setting = test_postgres_url()
+    missing = missing_postgres_extra()
+    if missing:
+        if setting:  # PostgreSQL asked for by name
+            pytest.fail(f"{ENV_TEST_POSTGRES} is set, but {missing}")
+        pytest.skip(missing)
     if setting and setting != _REQUIRE:
         yield setting
         return

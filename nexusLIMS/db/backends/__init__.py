@@ -52,8 +52,10 @@ def backend_for(location: DatabaseLocation) -> Backend:
     try:
         from nexusLIMS.db.backends.postgresql import POSTGRESQL
     except ImportError as exc:
+        from nexusLIMS import DISTRIBUTION
+
         raise DatabaseConfigError(
             f"{location.describe()} is a PostgreSQL database, which needs the postgres extra: "
-            f'pip install "nexusLIMS[postgres]" ({exc})'
+            f'pip install "{DISTRIBUTION}[postgres]" ({exc})'
         ) from None
     return POSTGRESQL

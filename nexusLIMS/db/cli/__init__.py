@@ -16,9 +16,17 @@ import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from nexusLIMS import DISTRIBUTION
 from nexusLIMS.db.cli import commands
 from nexusLIMS.db.cli.commands import PROG
-from nexusLIMS.db.cli.output import printable
+from nexusLIMS.db.cli.output import FORMATS, printable
+from nexusLIMS.db.cli.parsing import (
+    AnyCaseSubParsers,
+    Parser,
+    VersionAction,
+    any_case,
+    non_negative,
+)
 from nexusLIMS.db.config import ENV_DB_PATH, ENV_DB_PATH_2X, ENV_TIMEOUT, locate_database
 from nexusLIMS.db.enums import RecordStatus
 from nexusLIMS.db.errors import NexusLIMSDBError
@@ -39,13 +47,6 @@ def _timezone(value: str) -> str:
         return validate_timezone(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _non_negative(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return number
 
 
 def _common() -> argparse.ArgumentParser:
@@ -77,6 +78,15 @@ def _sub(subparsers: Any, name: str, summary: str, example: str, handler: Handle
     return parser
 
 
+def _format_options(parser: argparse.ArgumentParser, formats: Sequence[str] = FORMATS) -> None:
+    """Add ``--format`` (and ``--json``, short for ``--format json``) to a listing command."""
+    parser.add_argument(
+        "--format", choices=formats, default="table", type=any_case(formats),
+        help=f"output: {', '.join(formats)} (default: table, for people)")
+    parser.add_argument("--json", dest="format", action="store_const", const="json",
+                        help="print JSON (the same as --format json)")
+
+
 def _instrument_options(parser: argparse.ArgumentParser, *, adding: bool) -> None:
     """Add one option per column of ``instruments``, from the schema."""
     for column in INSTRUMENTS.columns:
@@ -102,13 +112,15 @@ def _instrument_options(parser: argparse.ArgumentParser, *, adding: bool) -> Non
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``nexuslims-db``."""
     db = f"{PROG} --db {_EXAMPLE_DB}"
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Inspect and maintain the NexusLIMS session database.",
         epilog=f"example:\n  {db} init --demo\n  {db} sessions",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[_common()],
     )
+    parser.add_argument("--version", action=VersionAction,
+                        help="print the versions of this package, Python, SQLite and psycopg")
     parser.set_defaults(db=None, debug=False, error_code=1)
     commands_ = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -123,21 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
     sessions = _sub(commands_, "sessions", "list the sessions ready to build (TO_BE_BUILT)",
                     f"{db} sessions --limit 20", commands.cmd_sessions,
                     "An inconsistent session is left out, with one warning line on stderr.")
-    sessions.add_argument("--json", action="store_true", help="print JSON")
-    sessions.add_argument("--limit", type=_non_negative, metavar="N",
+    _format_options(sessions)
+    sessions.add_argument("--limit", type=non_negative, metavar="N",
                           help="show at most N sessions (the count of all is still printed)")
 
     check = _sub(commands_, "check", "report every inconsistent session",
                  f"{db} check", commands.cmd_check,
                  "Exit status: 0 no problem, 1 problems found, 2 could not check (no\n"
                  "database, locked, damaged, bad arguments).")
-    check.add_argument("--json", action="store_true", help="print JSON")
+    _format_options(check)
     check.set_defaults(error_code=2)
 
     log = _sub(commands_, "log", "log the start or end of a session (the Session Logger)",
                f"{db} log start --instrument FEI-Titan-TEM-635816 --id my-session-1 "
                f"--user alice", commands.cmd_log)
-    events = log.add_subparsers(dest="event", metavar="EVENT", required=True)
+    events = log.add_subparsers(dest="event", metavar="EVENT", required=True,
+                                action=AnyCaseSubParsers)
     for event, what, user_help in (
         ("start", "write a START log (status WAITING_FOR_END)", "user name"),
         ("end", "write the END log; both logs become TO_BE_BUILT",
@@ -157,12 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
                   f"{db} status my-session-1 NO_CONSENT", commands.cmd_status)
     status.add_argument("session_identifier", metavar="ID", help="session identifier")
     status.add_argument("status", choices=RecordStatus.values(), metavar="STATUS",
-                        help=f"one of: {', '.join(RecordStatus.values())}")
+                        type=any_case(RecordStatus.values()),
+                        help=f"one of: {', '.join(RecordStatus.values())} (in any case)")
 
     instruments = _sub(commands_, "instruments", "list the instruments (or add, edit, remove one)",
                        f"{db} instruments --json", commands.cmd_instruments,
                        "Without an action, lists the instruments.")
-    instruments.add_argument("--json", action="store_true", help="print JSON")
+    _format_options(instruments)
     actions = instruments.add_subparsers(dest="action", metavar="[ACTION]", required=False)
     add = _sub(actions, "add", "add an instrument to the instruments table",
                f"{db} instruments add --pid FEI-Helios-DB-636663 "
@@ -211,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     claims = _sub(commands_, "claims", "list the record builders' claims on sessions",
                   f"{db} claims --json", commands.cmd_claims,
                   "A claim whose lease expired (its builder died?) no longer holds its session.")
-    claims.add_argument("--json", action="store_true", help="print JSON")
+    _format_options(claims)
     claim_actions = claims.add_subparsers(dest="action", metavar="[ACTION]", required=False)
     release = _sub(claim_actions, "release", "free a claimed session by hand",
                    f"{db} claims release my-session-1", commands.cmd_claims_release,
@@ -232,11 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = _sub(commands_, "info", "an overview of the database (for a support request)",
                 f"{db} info", commands.cmd_info)
-    info.add_argument("--json", action="store_true", help="print JSON")
+    _format_options(info, ("table", "json", "ndjson"))
 
     completion = _sub(commands_, "completion", "print a shell completion script",
                       f'eval "$({PROG} completion bash)"', commands.cmd_completion,
-                      "Needs the completion extra: pip install \"nexusLIMS[completion]\".")
+                      f'Needs the completion extra: pip install "{DISTRIBUTION}[completion]".')
     completion.add_argument("shell", choices=("bash", "zsh", "fish", "tcsh", "powershell"))
     return parser
 

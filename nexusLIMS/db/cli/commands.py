@@ -8,8 +8,17 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from nexusLIMS import DISTRIBUTION
 from nexusLIMS.db.claims import list_claims, release_claim
-from nexusLIMS.db.cli.output import duration, plural, printable, table, to_json
+from nexusLIMS.db.cli.output import (
+    Progress,
+    duration,
+    plural,
+    printable,
+    records,
+    table,
+    to_json,
+)
 from nexusLIMS.db.config import locate_database
 from nexusLIMS.db.instruments import (
     Instrument,
@@ -21,7 +30,7 @@ from nexusLIMS.db.instruments import (
 from nexusLIMS.db.logs import SessionLog, log_end, log_start
 from nexusLIMS.db.migrations import MigrationResult, migrate_db
 from nexusLIMS.db.samples import DemoSummary, populate_demo
-from nexusLIMS.db.schema import SCHEMA_VERSION, init_db, render
+from nexusLIMS.db.schema import INSTRUMENTS, SCHEMA_VERSION, init_db, render
 from nexusLIMS.db.sessions import (
     SessionProblem,
     find_session_problems,
@@ -34,6 +43,11 @@ from nexusLIMS.db.transfer import copy_database
 
 PROG = "nexuslims-db"
 _PROGRESS_ROWS = 1000
+# The fields of each listing's records (--format json, ndjson, csv).
+_SESSION_FIELDS = ("session_identifier", "instrument", "start", "end", "duration_seconds", "user")
+_PROBLEM_FIELDS = ("session_identifier", "kind", "detail", "log_ids")
+_CLAIM_FIELDS = ("session_identifier", "worker", "claimed_at", "expires_at", "live",
+                 "age_seconds", "lease_left_seconds")
 
 
 def _error(message: str, *, status: int = 1) -> int:
@@ -80,8 +94,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     # The library logs one WARNING per skipped session; main() sends it to stderr.
     sessions = get_sessions_to_build(on_error="skip", database=args.db)
     shown = sessions if args.limit is None else sessions[: args.limit]
-    if args.json:
-        print(to_json([
+    if args.format != "table":
+        print(records([
             {
                 "session_identifier": s.session_identifier,
                 "instrument": s.instrument.name,
@@ -91,7 +105,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                 "user": s.user,
             }
             for s in shown
-        ]))
+        ], args.format, _SESSION_FIELDS))
         return 0
     if not sessions:
         print("No sessions to build.")
@@ -113,8 +127,9 @@ def _problem_json(problem: SessionProblem) -> dict[str, Any]:
 def cmd_check(args: argparse.Namespace) -> int:
     """Report every inconsistent session; exit 1 if there is any (``check``)."""
     problems = find_session_problems(database=args.db)
-    if args.json:
-        print(to_json([_problem_json(problem) for problem in problems]))
+    if args.format != "table":
+        print(records([_problem_json(problem) for problem in problems], args.format,
+                      _PROBLEM_FIELDS))
     elif not problems:
         print("No problems: every TO_BE_BUILT log belongs to a session that can be built.")
     else:
@@ -150,8 +165,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_instruments(args: argparse.Namespace) -> int:
     """List the instruments (``instruments``)."""
     instruments = load_instruments(args.db)
-    if args.json:
-        print(to_json([instrument.to_row() for instrument in instruments.values()]))
+    if args.format != "table":
+        print(records([instrument.to_row() for instrument in instruments.values()], args.format,
+                      INSTRUMENTS.column_names))
         return 0
     if not instruments:
         print(f"No instruments; add one with: {PROG}{_db_option(args)} instruments add --help")
@@ -199,8 +215,12 @@ def cmd_instruments_remove(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Bring the database to the current schema (``migrate``)."""
-    print(_format_migration(migrate_db(args.db, backup=not args.no_backup,
-                                       dry_run=args.dry_run), args.dry_run))
+    with Progress(PROG, one_line=True) as progress:
+        result = migrate_db(args.db, backup=not args.no_backup, dry_run=args.dry_run,
+                            progress=lambda stage, done, total: progress(
+                                "migrated" if stage == "done" else f"migrating, {stage}",
+                                done, total))
+    print(_format_migration(result, args.dry_run))
     return 0
 
 
@@ -264,8 +284,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print an overview of the database (``info``)."""
     summary = summarize(args.db)
     oldest = summary.oldest_waiting
-    if args.json:
-        print(to_json({
+    if args.format != "table":
+        overview = {
             "database": str(summary.location),
             "backend": summary.location.backend,
             "schema_version": summary.schema_version,
@@ -282,7 +302,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "age_seconds": None if oldest[1] is None else oldest[1].total_seconds(),
             },
             "problems": [_problem_json(problem) for problem in summary.problems],
-        }))
+        }
+        # One object: indented JSON, or a single line of NDJSON.
+        print(to_json(overview) if args.format == "json" else records([overview], args.format))
         return 0
     version = f"{summary.schema_version}" + (
         "" if summary.schema_version == SCHEMA_VERSION
@@ -318,8 +340,8 @@ def cmd_claims(args: argparse.Namespace) -> int:
     """List the record builders' claims, live and expired (``claims``)."""
     claims = list_claims(args.db)
     now = datetime.now(timezone.utc)
-    if args.json:
-        print(to_json([{
+    if args.format != "table":
+        print(records([{
             "session_identifier": claim.session_identifier,
             "worker": claim.worker,
             "claimed_at": claim.claimed_at.isoformat(),
@@ -327,7 +349,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
             "live": claim.live(now),
             "age_seconds": claim.age(now).total_seconds(),
             "lease_left_seconds": max(claim.lease_left(now).total_seconds(), 0.0),
-        } for claim in claims]))
+        } for claim in claims], args.format, _CLAIM_FIELDS))
         return 0
     if not claims:
         print("No claims: no record builder is building a session.")
@@ -353,17 +375,12 @@ def cmd_claims_release(args: argparse.Namespace) -> int:
 
 def cmd_copy(args: argparse.Namespace) -> int:
     """Copy a whole database to another, on any backend (``copy``)."""
-    shown: dict[str, float] = {}
+    with Progress(PROG, "rows") as progress:
+        def show(table: str, done: int, total: int) -> None:
+            if total >= _PROGRESS_ROWS:  # a line for each large table (on a terminal)
+                progress(f"copying {table}", done, total)
 
-    def progress(table: str, done: int, total: int) -> None:
-        # Large tables only; a line at most every tenth of the table.
-        if total >= 10 * _PROGRESS_ROWS and (done == total or done - shown.get(table, 0)
-                                               >= total / 10):
-            shown[table] = done
-            print(f"{PROG}: copying {table}: {done}/{total} rows ({done * 100 // total}%)",
-                  file=sys.stderr)
-
-    result = copy_database(args.source, args.target, force=args.force, progress=progress)
+        result = copy_database(args.source, args.target, force=args.force, progress=show)
     print(f"Copied {result.source} (schema version {result.source_version}) to "
           f"{result.target} (schema version {SCHEMA_VERSION}):")
     print(table(("TABLE", "ROWS", "SHA-256 (BOTH SIDES)"),
@@ -378,6 +395,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
     try:
         from argcomplete.shell_integration import shellcode
     except ImportError:
-        return _error('shell completion needs argcomplete: pip install "nexusLIMS[completion]"')
+        return _error(f'shell completion needs argcomplete: '
+                      f'pip install "{DISTRIBUTION}[completion]"')
     print(shellcode([PROG], shell=args.shell), end="")
     return 0
