@@ -12,6 +12,8 @@ variable                       meaning
                                seconds, or with a unit (``90``, ``2m``; 30)
 ``nexusLIMS_db_mark_after``    age after which ``mark`` may mark a session
                                that a writer could still complete (3d)
+``nexusLIMS_db_pool_size``     most connections a process keeps open to a
+                               PostgreSQL server (8)
 ``nexusLIMS_user``             user stored on RECORD_GENERATION logs
 ``mmfnexus_path``              root folder of the instruments' data
 ``NEXUSLIMS_TEST_POSTGRES``    a server URL for the PostgreSQL tests, instead
@@ -34,11 +36,13 @@ from nexusLIMS.db.errors import DatabaseConfigError, DatabaseNotFoundError
 
 __all__ = [
     "DEFAULT_MARK_AFTER",
+    "DEFAULT_POOL_SIZE",
     "DEFAULT_TIMEOUT",
     "ENV_DATA_ROOT",
     "ENV_DB_PATH",
     "ENV_DB_PATH_2X",
     "ENV_MARK_AFTER",
+    "ENV_POOL_SIZE",
     "ENV_TEST_POSTGRES",
     "ENV_TIMEOUT",
     "ENV_USER",
@@ -50,6 +54,7 @@ __all__ = [
     "locate_database",
     "lock_timeout",
     "mark_after",
+    "pool_size",
     "record_user",
     "test_postgres_url",
 ]
@@ -58,12 +63,14 @@ ENV_DB_PATH = "nexusLIMS_db_path"
 ENV_DB_PATH_2X = "NX_DB_PATH"
 ENV_TIMEOUT = "nexusLIMS_db_timeout"
 ENV_MARK_AFTER = "nexusLIMS_db_mark_after"
+ENV_POOL_SIZE = "nexusLIMS_db_pool_size"
 ENV_USER = "nexusLIMS_user"
 ENV_DATA_ROOT = "mmfnexus_path"
 ENV_TEST_POSTGRES = "NEXUSLIMS_TEST_POSTGRES"
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MARK_AFTER = timedelta(days=3)
+DEFAULT_POOL_SIZE = 8
 
 Backend = Literal["sqlite", "postgresql"]
 
@@ -240,6 +247,26 @@ def mark_after() -> timedelta:
     if raw.strip() == "":
         return DEFAULT_MARK_AFTER
     return timedelta(seconds=_seconds(ENV_MARK_AFTER, raw))
+
+
+def pool_size() -> int:
+    """Return the most connections a process opens to one PostgreSQL database at once.
+
+    ``nexusLIMS_db_pool_size`` (a whole number, 1 or more) when set, else
+    :data:`DEFAULT_POOL_SIZE`. A call that finds them all busy waits (at
+    most ``nexusLIMS_db_timeout``) for one to be free.
+
+    Raises
+    ------
+    DatabaseConfigError
+        The variable is set to something else.
+    """
+    raw = os.environ.get(ENV_POOL_SIZE, "").strip()
+    if raw == "":
+        return DEFAULT_POOL_SIZE
+    if not raw.isdigit() or int(raw) < 1:
+        raise DatabaseConfigError(f"{ENV_POOL_SIZE} must be a whole number, 1 or more, not {raw!r}")
+    return int(raw)
 
 
 def record_user() -> Optional[str]:

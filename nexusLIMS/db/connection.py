@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 from nexusLIMS.db.backends import Backend, Begin, backend_for, insert_statement
 from nexusLIMS.db.backends.base import Result
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database, lock_timeout
-from nexusLIMS.db.databases import Database, close_watches, database_at
+from nexusLIMS.db.databases import Database, Version, close_watches, database_at
 from nexusLIMS.db.trace import Tracer, active_tracers, traced
 
 __all__ = [
@@ -174,6 +174,19 @@ class Connection:
             self._trace("execute", text)
         return count
 
+    def read_batch(self, statements: Sequence[tuple[str, Params]]) -> list[list[tuple[Any, ...]]]:
+        """Run queries in one round trip; return each one's rows.
+
+        Outside a transaction, several queries read one snapshot (traced as
+        ``BEGIN DEFERRED`` ... ``COMMIT``); inside one, they are part of it.
+        """
+        with self._translating(statements[0][0] if statements else ""):
+            around, results = self.backend.read_batch(self.raw, statements, self._timeout)
+        texts = [sql for sql, _ in statements]
+        for text in ([around[0], *texts, around[1]] if around else texts):
+            self._trace("execute", text)
+        return results
+
     def write_batch(
         self, statements: Sequence[tuple[str, Params]], *, mode: str = "WRITE"
     ) -> list[Result]:
@@ -185,8 +198,7 @@ class Connection:
         if self.in_transaction:
             raise RuntimeError("write_batch runs its own transaction; one is open already")
         _check_mode(mode)
-        statement = ""
-        with self._translating(statement):
+        with self._translating():
             began, results = self.backend.write_batch(self.raw, statements, mode, self._timeout)
         for text in (began, *(sql for sql, _ in statements), "COMMIT"):
             self._trace("execute", text)
@@ -297,11 +309,10 @@ def _roll_back(conn: Connection) -> None:
         logger.debug("Rollback failed on %s", conn.location, exc_info=True)
 
 
-def data_version(location: DatabaseLocation) -> Optional[int]:
-    """Return a number that changes whenever another connection commits to ``location``.
+def data_version(location: DatabaseLocation) -> Optional[Version]:
+    """Return a value that changes whenever another connection commits to ``location``.
 
-    None when the backend cannot tell cheaply (PostgreSQL): then nothing read
-    before may be reused.
+    None when it cannot be told cheaply: then nothing read before may be reused.
     """
     return database_at(location).data_version()
 

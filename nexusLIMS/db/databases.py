@@ -22,6 +22,7 @@ from nexusLIMS.db.trace import Tracer, active_tracers
 
 __all__ = [
     "Database",
+    "Version",
     "close_databases",
     "close_pools",
     "close_watches",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+#: What :meth:`Database.data_version` returns: equal values mean nothing changed.
+Version = tuple[int, int, int]
 
 #: How many change watches stay open at once (one per recently used database).
 KEEP_WATCHES = 8
@@ -47,6 +50,9 @@ class Database:
         self._lock = threading.RLock()
         self._pool: Optional[Pool] = None
         self._watch: Any = None
+        self._watchless = False  # the backend cannot watch this database
+        self._generation = 0  # watches opened so far
+        self._changes = 0  # changes this process made
         self._state: dict[str, Any] = {}
         #: Tracers of this database alone (see :func:`nexusLIMS.db.connection.tracing`).
         self.tracers: list[Tracer] = []
@@ -82,29 +88,52 @@ class Database:
 
     # --- the change watch -------------------------------------------------------------
 
-    def data_version(self) -> Optional[int]:
-        """Return a number that changes whenever another connection commits; None: unknown.
+    def data_version(self) -> Optional[Version]:
+        """Return a value that changes whenever the database changed; None: cannot tell.
 
-        The watch is opened on first use and kept while the database is among
-        the :data:`KEEP_WATCHES` most recently watched.
+        Another connection's commit changes it (SQLite's change counter, or a
+        PostgreSQL server's announcement of a change of ``instruments``), and
+        so does :meth:`changed`. The watch is opened on first use and kept
+        while the database is among the :data:`KEEP_WATCHES` most recently
+        watched; one that broke is opened again (changes meanwhile are assumed).
         """
         backend = self.backend
         with self._lock:
+            if self._watchless:
+                return None
             try:
                 if self._watch is None:
                     self._watch = backend.open_watch(self.location)
-                    if self._watch is None:
+                    if self._watch is None:  # this database cannot be watched
+                        self._watchless = True
                         return None
+                    self._generation += 1
                     self._emit("open")
-                version = backend.data_version(self._watch)
+                counted = backend.data_version(self._watch)
             except backend.driver_errors as exc:
                 self.close_watch()
                 better = backend.translate(exc, self.location)
                 if better is None:
                     raise
                 raise better from exc
+            if counted is None:  # the watch broke: open another next time
+                self.close_watch()
+                return None
+            version = (self._generation, self._changes, counted)
         _watched(self)  # outside this database's lock: it may close another's watch
         return version
+
+    def watch_again(self) -> None:
+        """Open a new watch next time, even where none could be opened (the schema changed)."""
+        self.close_watch()
+        with self._lock:
+            self._watchless = False
+            self._changes += 1
+
+    def changed(self) -> None:
+        """Note that this process changed the database (seen by :meth:`data_version` at once)."""
+        with self._lock:
+            self._changes += 1
 
     def close_watch(self) -> None:
         """Close the change watch, if open."""

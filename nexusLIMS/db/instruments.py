@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Union
 
 import pytz
 
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import ENV_DB_PATH, DatabaseRef, configured_database
 from nexusLIMS.db.connection import Connection
-from nexusLIMS.db.databases import Database, configured_database_state
+from nexusLIMS.db.databases import Database, Version, configured_database_state
 from nexusLIMS.db.schema import INSTRUMENTS, transaction
 from nexusLIMS.db.timestamps import localize
 from nexusLIMS.db.validation import check_text
@@ -38,6 +38,7 @@ __all__ = [
     "edit_instrument",
     "load_instruments",
     "read_instruments",
+    "reading_instruments",
     "remove_instrument",
     "validate_timezone",
     "write_instrument",
@@ -201,7 +202,7 @@ class _Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rows: dict[str, tuple[Row, Instrument]] = {}
-        self._current: Optional[tuple[int, dict[str, Instrument]]] = None
+        self._current: Optional[tuple[Version, dict[str, Instrument]]] = None
 
     def resolve(self, rows: list[Row]) -> dict[str, Instrument]:
         """Return the instruments of ``rows``, reusing the object of every unchanged row."""
@@ -215,16 +216,30 @@ class _Registry:
             self._rows = fresh
         return {pid: instrument for pid, (_, instrument) in fresh.items()}
 
-    def current(self, db: Database) -> dict[str, Instrument]:
-        """Return the instruments of ``db`` as they are now (read again only if changed)."""
+    def kept(self, db: Database) -> tuple[Optional[dict[str, Instrument]], Optional[Version]]:
+        """Return the instruments read last if nothing changed since (else None), and the version.
+
+        Give the version to :meth:`store` with the rows read, if they must be read.
+        """
         version = db.data_version()  # before reading: a change meanwhile shows next time
-        if version is not None:
-            kept = self._current
-            if kept is not None and kept[0] == version:
-                return kept[1]
-        instruments = load_instruments(db.location)
+        kept = self._current
+        if version is not None and kept is not None and kept[0] == version:
+            return kept[1], version
+        return None, version
+
+    def store(self, rows: list[Row], version: Optional[Version]) -> dict[str, Instrument]:
+        """Return the instruments of ``rows`` (read after ``version`` was taken), kept for reuse."""
+        instruments = self.resolve(rows)
         if version is not None:
             self._current = (version, instruments)
+        return instruments
+
+    def current(self, db: Database) -> dict[str, Instrument]:
+        """Return the instruments of ``db`` as they are now (read again only if changed)."""
+        instruments, version = self.kept(db)
+        if instruments is None:
+            with transaction(db.location, begin=None) as conn:  # one statement: one snapshot
+                instruments = self.store(_rows(conn), version)
         return instruments
 
 
@@ -232,10 +247,27 @@ def _registry(db: Database) -> _Registry:
     return db.state(_REGISTRY, _Registry)
 
 
+def _rows(conn: Connection) -> list[Row]:
+    return [tuple(row) for row in conn.fetchall(queries.INSTRUMENT_ROWS)]
+
+
 def read_instruments(conn: Connection) -> dict[str, Instrument]:
     """Return every instrument of the open database, keyed by PID."""
-    rows = [tuple(row) for row in conn.fetchall(queries.INSTRUMENT_ROWS)]
-    return _registry(conn.database).resolve(rows)
+    return _registry(conn.database).resolve(_rows(conn))
+
+
+def reading_instruments(
+    conn: Connection,
+) -> tuple[Optional[dict[str, Instrument]], Callable[[list[Row]], dict[str, Instrument]]]:
+    """Return the open database's instruments if they need no read, and what makes them of rows.
+
+    For a caller that reads in one round trip: when the first value is None,
+    it adds :data:`~nexusLIMS.db.queries.INSTRUMENT_ROWS` to its reads and
+    gives the rows to the second.
+    """
+    registry = _registry(conn.database)
+    instruments, version = registry.kept(conn.database)
+    return instruments, lambda rows: registry.store([tuple(row) for row in rows], version)
 
 
 def load_instruments(database: Optional[DatabaseRef] = None) -> dict[str, Instrument]:
@@ -246,7 +278,7 @@ def load_instruments(database: Optional[DatabaseRef] = None) -> dict[str, Instru
     database
         The database; by default from ``nexusLIMS_db_path``.
     """
-    with transaction(database) as conn:
+    with transaction(database, begin=None) as conn:  # one statement: one snapshot
         return read_instruments(conn)
 
 
@@ -417,6 +449,7 @@ def add_instrument(instrument: Instrument, database: Optional[DatabaseRef] = Non
     """
     with transaction(database, begin="IMMEDIATE") as conn:
         write_instrument(conn, instrument)
+    conn.database.changed()  # seen by the next look-up at once
     logger.info("Added instrument %s", instrument.name)
 
 
@@ -471,6 +504,7 @@ def edit_instrument(
             raise ValueError(f"Cannot edit instrument {pid!r}: {'; '.join(conflicts)}")
         conn.execute(queries.update_instrument(tuple(new_row)), (*new_row.values(), pid))
         edited = read_instruments(conn)[new_pid]
+    conn.database.changed()  # seen by the next look-up at once
     logger.info("Edited instrument %s%s", pid, f" (now {new_pid})" if new_pid != pid else "")
     return edited
 
@@ -495,4 +529,5 @@ def remove_instrument(pid: str, database: Optional[DatabaseRef] = None) -> None:
                 f"(nexuslims-db instruments edit PID --new-pid NEW) if it was replaced"
             )
         conn.execute(queries.DELETE_INSTRUMENT, (pid,))
+    conn.database.changed()  # seen by the next look-up at once
     logger.info("Removed instrument %s", pid)

@@ -147,7 +147,9 @@ def has_table(conn: Connection, name: str) -> bool:
 
 def forget(location: DatabaseLocation) -> None:
     """Forget what was learnt of a database's tables (they were just changed)."""
-    database_at(location).forget(_VERIFIED)
+    db = database_at(location)
+    db.forget(_VERIFIED)
+    db.watch_again()
 
 
 @contextmanager

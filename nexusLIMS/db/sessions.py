@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseRef, mark_after
 from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.enums import WAITING_STATUSES, ProblemKind, RecordStatus
-from nexusLIMS.db.instruments import Instrument, read_instruments
+from nexusLIMS.db.instruments import Instrument, reading_instruments
 from nexusLIMS.db.logs import logs_of, set_status, settle_outcomes
 from nexusLIMS.db.pairing import Pairing, SessionProblem
 from nexusLIMS.db.schema import (
@@ -90,32 +90,57 @@ def pair_sessions(
     conn: Connection, instruments: Optional[Mapping[str, Instrument]] = None
 ) -> tuple[list[Session], list[SessionProblem]]:
     """Pair the TO_BE_BUILT logs of the open database: its sessions, and its problems."""
-    with _collection_paused():
-        return _pair(conn, instruments)
+    sessions, problems, _ = _pair(conn, instruments)
+    return sessions, problems
+
+
+Reads = Sequence[tuple[str, tuple[Any, ...]]]
 
 
 def _pair(
-    conn: Connection, instruments: Optional[Mapping[str, Instrument]]
-) -> tuple[list[Session], list[SessionProblem]]:
-    known = dict(instruments) if instruments is not None else read_instruments(conn)
-    pairing = Pairing(known, utc_now(), mark_after(), handed_session)
-    backend = conn.backend
-    if backend.pairs_through_index \
-            and PAIRING_INDEX.name in backend.index_names(conn.raw, SESSION_LOG.name):
-        accounted = pairing.take_index_rows(conn.fetchall(queries.TO_BE_BUILT_PAIRS))
-        if conn.scalar(queries.COUNT_TO_BE_BUILT_ENDS) != accounted:
-            pairing.take_lone_ends(conn.fetchall(queries.LONE_ENDS))
-    else:
-        suggested = conn.database.state(_SUGGESTED, _Suggested)
-        if backend.pairs_through_index and not suggested.done:
-            suggested.done = True
-            logger.info("%s has no index for pairing sessions (a NexusLIMS 1.4 database?); "
-                        "'nexuslims-db migrate' would make get_sessions_to_build faster",
-                        conn.location)
-        pairing.take_scan(conn.fetchall(queries.TO_BE_BUILT_LOGS))
-    problems = pairing.diagnose(logs_of(conn, list(pairing.suspects))) if pairing.suspects \
-        else []
-    return pairing.result(), problems
+    conn: Connection, instruments: Optional[Mapping[str, Instrument]], also: Reads = ()
+) -> tuple[list[Session], list[SessionProblem], list[list[tuple[Any, ...]]]]:
+    """Pair the waiting logs, reading in one round trip (more only for problem sessions).
+
+    The reads: the instruments (unless given, or unchanged since last read),
+    the pairs or the waiting logs, and the queries ``also`` (whose rows are
+    returned).
+    """
+    with _collection_paused():
+        known, from_rows = (dict(instruments), None) if instruments is not None \
+            else reading_instruments(conn)
+        backend = conn.backend
+        indexed = backend.pairs_through_index \
+            and PAIRING_INDEX.name in backend.index_names(conn.raw, SESSION_LOG.name)
+        reads: list[tuple[str, tuple[Any, ...]]] = [] if known is not None \
+            else [(queries.INSTRUMENT_ROWS, ())]
+        reads += [(queries.TO_BE_BUILT_PAIRS, ()), (queries.COUNT_TO_BE_BUILT_ENDS, ())] \
+            if indexed else [(queries.TO_BE_BUILT_LOGS, ())]
+        results = conn.read_batch([*reads, *also])
+        if known is None:
+            assert from_rows is not None
+            known = from_rows(results.pop(0))
+        pairing = Pairing(known, utc_now(), mark_after(), handed_session)
+        if indexed:
+            accounted = pairing.take_index_rows(results.pop(0))
+            if results.pop(0)[0][0] != accounted:
+                pairing.take_lone_ends(conn.fetchall(queries.LONE_ENDS))
+        else:
+            _suggest_the_index(conn)
+            pairing.take_scan(results.pop(0))
+        problems = pairing.diagnose(logs_of(conn, list(pairing.suspects))) \
+            if pairing.suspects else []
+        return pairing.result(), problems, results
+
+
+def _suggest_the_index(conn: Connection) -> None:
+    """Say once per database that migrating would make pairing faster, where it would."""
+    suggested = conn.database.state(_SUGGESTED, _Suggested)
+    if conn.backend.pairs_through_index and not suggested.done:
+        suggested.done = True
+        logger.info("%s has no index for pairing sessions (a NexusLIMS 1.4 database?); "
+                    "'nexuslims-db migrate' would make get_sessions_to_build faster",
+                    conn.location)
 
 
 def live_claims(conn: Connection) -> set[str]:
@@ -226,10 +251,13 @@ def get_sessions_to_build(
     """
     if on_error not in _ON_ERROR:
         raise ValueError(f"on_error must be one of {', '.join(_ON_ERROR)}, not {on_error!r}")
-    with transaction(database, begin="IMMEDIATE" if on_error == "mark" else "DEFERRED") as conn:
-        sessions, problems = pair_sessions(conn, instruments)
-        if exclude_claimed:
-            claimed = live_claims(conn)
+    # One round trip to a server: a snapshot's reads in one pipeline (a mark writes more).
+    with transaction(database, begin="IMMEDIATE" if on_error == "mark" else None) as conn:
+        claims = exclude_claimed and has_table(conn, SESSION_CLAIMS.name)
+        sessions, problems, extra = _pair(
+            conn, instruments, [(queries.LIVE_CLAIMS, (utc_text(utc_now()),))] if claims else [])
+        if claims:
+            claimed = {identifier for (identifier,) in extra[0]}
             sessions = [s for s in sessions if s.session_identifier not in claimed]
         if problems and on_error in ("raise", "strict"):
             # 1.4 raises for a START without exactly one END: that first.

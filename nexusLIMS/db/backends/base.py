@@ -103,6 +103,16 @@ class Backend(Protocol):
         caller to roll back.
         """
 
+    def read_batch(
+        self, raw: Any, statements: Sequence[tuple[str, Any]], timeout: float
+    ) -> tuple[list[str], list[list[tuple[Any, ...]]]]:
+        """Run queries in one round trip and return the statements to trace and each one's rows.
+
+        Outside a transaction, several queries read one snapshot (a read-only
+        transaction begun and committed around them); inside one, they are
+        part of it.
+        """
+
     def executemany(self, raw: Any, sql: str, rows: Sequence[Any]) -> None:
         """Run one statement for every row of ``rows``."""
 

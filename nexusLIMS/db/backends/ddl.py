@@ -163,6 +163,28 @@ class _PostgreSQLDialect(Dialect):
     #: Where the schema version is kept.
     version_table = "nexuslims_schema_version"
     own_tables = frozenset({version_table})
+    #: The channel a change of ``instruments`` is announced on (the payload: its schema).
+    instruments_channel = "nexuslims_instruments"
+    #: The trigger that announces it.
+    instruments_trigger = "instruments_notify"
+
+    def extra_statements(self, version: int) -> list[str]:
+        """Announce every change of ``instruments``, so that look-ups need not ask.
+
+        Raw SQL changes announce themselves too. Added by ``init_db`` to a
+        database made before (look-ups then ask every time until it is there).
+        """
+        function = "nexuslims_instruments_changed"
+        return [
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_notify({literal(self.instruments_channel)}, TG_TABLE_SCHEMA); "
+            f"RETURN NULL; END $$",
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = "
+            f"{literal(self.instruments_trigger)} AND tgrelid = "
+            f"{literal(INSTRUMENTS.name)}::regclass) THEN CREATE TRIGGER "
+            f"{self.instruments_trigger} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON "
+            f"{INSTRUMENTS.name} FOR EACH STATEMENT EXECUTE FUNCTION {function}(); END IF; END $$",
+        ]
 
     def column_type(self, column: Column) -> str:
         # SQLite never enforced the lengths of 1.4's character types.

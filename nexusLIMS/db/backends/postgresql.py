@@ -11,8 +11,12 @@ lock_timeout``. The package's ``?`` placeholders become psycopg's ``%s``
 
 from __future__ import annotations
 
+import logging
+import os
 import select
+import socket
 import threading
+import time
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +27,12 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from nexusLIMS.db.backends.base import Pool, Result, insert_statement, writes_to_parent
 from nexusLIMS.db.backends.ddl import POSTGRESQL_DDL, Dialect
 from nexusLIMS.db.backends.translate import native_sql, to_postgres
-from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout
+from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout, pool_size
 from nexusLIMS.db.config import Backend as BackendName
 from nexusLIMS.db.errors import (
     ConstraintError,
@@ -41,9 +46,15 @@ from nexusLIMS.db.tables import KEEP_LOGS_MESSAGE, Table, quote
 
 __all__ = ["POSTGRESQL", "WRITERS_LOCK", "native_sql"]
 
+logger = logging.getLogger(__name__)
+
 #: The advisory lock of writers' transactions ("NXLM" in ASCII).
 WRITERS_LOCK = 0x4E584C4D
-_POOL_SIZE = 4
+#: Seconds a wait for the server may last beyond nexusLIMS_db_timeout (the lock
+#: waits it bounds end first, with their own clear error).
+_GRACE = 4.0
+#: Seconds an unused connection stays open beyond the one a process keeps.
+_MAX_IDLE = 1.0
 _MAX_MS = 2**31 - 1  # the largest lock_timeout PostgreSQL takes, in milliseconds
 # Rows from which a COPY (two round trips, then a stream) beats an executemany
 # (one pipelined round trip, then a statement per row).
@@ -155,64 +166,271 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+class _Watchdog:
+    """Cuts the connection of a call that waits for the server longer than its limit.
+
+    A server (or network) that stops answering leaves a client waiting
+    forever: TCP keeps a connection through a black hole alive, and the
+    server's own timeouts cannot reach the client. Every wait for the
+    server (each round trip) is registered here with its deadline; when one
+    passes, the socket is shut down, so the wait ends at once with an error.
+    One thread serves every connection of the process.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadlines: dict[int, tuple[float, _Connection]] = {}
+        self._next = 0
+        self._thread: Optional[threading.Thread] = None
+
+    def arm(self, conn: _Connection, seconds: float) -> int:
+        with self._cond:
+            self._next += 1
+            self._deadlines[self._next] = (time.monotonic() + seconds, conn)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="nexuslims-db watchdog",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._next
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._deadlines.pop(token, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for token, (deadline, conn) in list(self._deadlines.items()):
+                    if deadline <= now:
+                        del self._deadlines[token]
+                        conn.cut()
+                soonest = min((deadline for deadline, _ in self._deadlines.values()), default=None)
+                self._cond.wait(None if soonest is None else max(soonest - now, 0.001))
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _Connection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server is bounded (see :class:`_Watchdog`)."""
+
+    #: How long one round trip may take, in seconds (0: unbounded).
+    limit: float = 0.0
+    #: Set when the watchdog cut the connection.
+    was_cut: bool = False
+    #: The pool that handed the connection out (while it is out).
+    pool: Optional[ConnectionPool[Any]] = None
+
+    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        """Wait for the server as psycopg does, for at most :attr:`limit` seconds."""
+        if not self.limit:
+            return super().wait(gen, *args, **kwargs)
+        token = _WATCHDOG.arm(self, self.limit)
+        try:
+            return super().wait(gen, *args, **kwargs)
+        except psycopg.OperationalError:
+            if self.was_cut:
+                raise psycopg.OperationalError(
+                    f"no answer from the server for {self.limit:g} s "
+                    f"({ENV_TIMEOUT} plus {_GRACE:g} s): the server or the network stopped "
+                    f"answering") from None
+            raise
+        finally:
+            _WATCHDOG.disarm(token)
+
+    def cut(self) -> None:
+        """End the wait in progress: shut the socket down (the connection is lost)."""
+        self.was_cut = True
+        try:
+            sock = socket.socket(fileno=self.pgconn.socket)
+        except (OSError, ValueError, psycopg.OperationalError):
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.detach()  # the socket stays libpq's to close
+
+
+def _worker_name() -> str:
+    """Name this process to the server (``pg_stat_activity.application_name``)."""
+    return f"nexuslims-db {socket.gethostname()}:{os.getpid()}"[:63]
+
+
+def _milliseconds(seconds: float) -> int:
+    """Return ``seconds`` as PostgreSQL's milliseconds (0 means no limit to it: at least 1)."""
+    return min(max(int(seconds * 1000), 1), _MAX_MS)
+
+
+def _connection_settings(location: DatabaseLocation, zone: str) -> dict[str, Any]:
+    """Return psycopg's connection parameters: the URL's, with the package's limits added.
+
+    Lock waits are bounded per transaction (``SET LOCAL lock_timeout``);
+    these bound everything else: a statement (``statement_timeout``), a
+    client idle in a transaction while holding locks
+    (``idle_in_transaction_session_timeout``, so the server frees the locks
+    of a client that vanished), and a dead peer on either side (TCP
+    keepalives, ``tcp_user_timeout``).
+    """
+    try:
+        options = conninfo_to_dict(location.target).get("options") or ""
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseConfigError(
+            f"The URL of PostgreSQL {_where(location)} ({location}, from {location.source}) "
+            f"is not valid: {_one_line(exc)}") from None
+    timeout = lock_timeout()
+    bound = _milliseconds(timeout + _GRACE / 2)
+    keepalive = max(1, min(int(timeout / 3) or 1, 60))
+    server_options = (f"-c TimeZone={zone} -c statement_timeout={bound} "
+                      f"-c idle_in_transaction_session_timeout={_milliseconds(max(timeout, 1))} "
+                      f"-c tcp_keepalives_idle={keepalive} -c tcp_keepalives_interval={keepalive} "
+                      f"-c tcp_keepalives_count=3")
+    return {
+        "autocommit": True,
+        "connect_timeout": int(max(2, min(timeout, 10))),
+        "options": f"{options} {server_options}".strip(),
+        "application_name": _worker_name(),
+        "keepalives": 1, "keepalives_idle": keepalive, "keepalives_interval": keepalive,
+        "keepalives_count": 3, "tcp_user_timeout": _milliseconds(timeout + _GRACE),
+    }
+
+
+def _connect(location: DatabaseLocation, zone: str) -> _Connection:
+    """Open one connection (the real reason, plainly, if the server refuses it)."""
+    try:
+        raw = _Connection.connect(location.target, **_connection_settings(location, zone))
+    except psycopg.Error as exc:
+        raise DatabaseUnavailableError(
+            f"Cannot connect to PostgreSQL {_where(location)} ({location}): {_one_line(exc)}"
+        ) from None
+    raw.limit = lock_timeout() + _GRACE
+    return raw
+
+
+def _check(raw: _Connection) -> None:
+    """Refuse a connection broken while it was idle in the pool: no round trip (:func:`_alive`)."""
+    if not _alive(raw):
+        raw.close()  # so that the pool replaces it, instead of keeping it
+        raise psycopg.OperationalError("the connection was closed by the server")
+
+
 class _Server:
-    """Connections to one server database: up to a few idle ones kept for reuse."""
+    """Connections to one server database, in a :class:`psycopg_pool.ConnectionPool`.
+
+    The pool keeps the connections a process has opened (at least one, for
+    a process that polls), checks each before handing it out (without a
+    round trip: a connection broken by a restart is never handed out) and
+    opens new ones in the background when the server comes back. The first
+    connection is opened directly, so that a server that refuses it says
+    why at once.
+    """
 
     def __init__(self, location: DatabaseLocation) -> None:
         self.location = location
         self._lock = threading.Lock()
-        self._idle: list[psycopg.Connection[Any]] = []
+        self._pool: Optional[ConnectionPool[_Connection]] = None
+        self.last_error: Optional[str] = None
+
+    def _current(self) -> Optional[ConnectionPool[_Connection]]:
+        return self._pool
+
+    def _open_pool(self) -> ConnectionPool[_Connection]:
+        existing = self._current()
+        if existing is not None:
+            return existing
+        _connect(self.location, _local_timezone()).close()  # refused? says why, now
+        server = self
+
+        class _Pooled(_Connection):
+            """A connection the pool opens in the background, with the settings of the moment."""
+
+            @classmethod
+            def connect(cls, *args: Any, **kwargs: Any) -> _Connection:  # type: ignore[override]
+                try:
+                    raw = _connect(server.location, _local_timezone())
+                except DatabaseUnavailableError as exc:
+                    server.last_error = str(exc)  # for the caller who waits in vain
+                    raise
+                server.last_error = None
+                return raw
+
+        pool: ConnectionPool[_Connection] = ConnectionPool(
+            self.location.target, connection_class=_Pooled, min_size=1, max_size=pool_size(),
+            check=_check, name=self.location.describe(), timeout=lock_timeout(),
+            max_idle=_MAX_IDLE, num_workers=1, open=False)
+        try:  # its first connection, before the first caller asks (one, not two)
+            pool.open(wait=True, timeout=lock_timeout())
+        except PoolTimeout:
+            pass  # the server went away since the first connection: callers wait for it
+        with self._lock:
+            existing = self._current()
+            if existing is None:
+                self._pool = pool
+        if existing is not None:  # another thread opened one meanwhile
+            pool.close()
+            return existing
+        return pool
 
     def take(self, *, create: bool, foreign_keys: bool) -> Any:
-        zone = _local_timezone()
-        with self._lock:
-            while self._idle:
-                raw = self._idle.pop()
-                if _alive(raw):
-                    break
-                raw.close()
-            else:
-                raw = None
-        if raw is not None:
-            # The session's zone is what the server reports; the local offset
-            # may have changed since (daylight saving time).
-            if raw.info.parameter_status("TimeZone") != zone:
-                raw.execute(f"SET TimeZone = '{zone}'")
-            return raw
-        return self._connect(zone)
-
-    def _connect(self, zone: str) -> psycopg.Connection[Any]:
-        location = self.location
+        pool = self._open_pool()
         try:
-            options = conninfo_to_dict(location.target).get("options") or ""
-        except psycopg.ProgrammingError as exc:
-            raise DatabaseConfigError(
-                f"The URL of PostgreSQL {_where(location)} ({location}, from {location.source}) "
-                f"is not valid: {_one_line(exc)}") from None
-        try:
-            return psycopg.connect(
-                location.target, autocommit=True,
-                connect_timeout=int(max(2, min(lock_timeout(), 10))),
-                options=f"{options} -c TimeZone={zone}".strip(),
-            )
-        except psycopg.Error as exc:
+            raw = pool.getconn(timeout=lock_timeout())
+        except PoolTimeout:
+            reason = self.last_error or "all its connections are busy"
             raise DatabaseUnavailableError(
-                f"Cannot connect to PostgreSQL {_where(location)} ({location}): {_one_line(exc)}"
-            ) from None
+                f"No connection to PostgreSQL {_where(self.location)} within {ENV_TIMEOUT} "
+                f"({lock_timeout():g} s): {reason}") from None
+        except PoolClosed:  # closed meanwhile: a new pool next time
+            with self._lock:
+                self._pool = None
+            return self.take(create=create, foreign_keys=foreign_keys)
+        raw.limit = lock_timeout() + _GRACE
+        raw.pool = pool
+        # The session's zone is what the server reports; the local offset may
+        # have changed since (daylight saving time).
+        zone = _local_timezone()
+        if raw.info.parameter_status("TimeZone") != zone:
+            try:
+                raw.execute(f"SET TimeZone = '{zone}'")
+            except BaseException:
+                pool.putconn(raw)
+                raise
+        return raw
 
     def give(self, raw: Any) -> None:
-        healthy = not raw.closed and raw.info.transaction_status == TransactionStatus.IDLE
-        with self._lock:
-            if healthy and len(self._idle) < _POOL_SIZE:
-                self._idle.append(raw)
-                return
-        raw.close()
+        pool = raw.pool
+        raw.pool = None
+        if pool is None or pool.closed:
+            raw.close()
+        else:
+            pool.putconn(raw)
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, []
-        for raw in idle:
-            raw.close()
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def stats(self) -> dict[str, int]:
+        """Return the pool's figures (``pool_size``, ``pool_available``, ...; see psycopg_pool)."""
+        pool = self._pool
+        return {} if pool is None else dict(pool.get_stats())
+
+
+class _Listener:
+    """A connection listening for changes of ``instruments`` in one schema, and their count."""
+
+    def __init__(self, raw: _Connection, schema: str) -> None:
+        self.raw = raw
+        self.schema = schema
+        self.version = 0
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.raw.close()
 
 
 def _scalar(raw: Any, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -238,10 +456,37 @@ class _PostgreSQL:
         return _Server(location)
 
     def open_watch(self, location: DatabaseLocation) -> Any:
-        return None  # a server has no cheap counter of commits: look every time
+        # A connection that LISTENs for the trigger's announcements of changes to
+        # instruments: asking it whether one came costs no round trip.
+        raw = _connect(location, _local_timezone())
+        try:
+            schema, announced = raw.execute(
+                "SELECT current_schema(), EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s "
+                "AND tgrelid = to_regclass('instruments'))",
+                (POSTGRESQL_DDL.instruments_trigger,)).fetchone() or (None, False)
+            if not announced:
+                logger.info("%s has no trigger announcing changes of its instruments (made "
+                            "before this version?): instrument look-ups ask the server every "
+                            "time; 'nexuslims-db init' adds it", location)
+                raw.close()
+                return None
+            raw.execute(f"LISTEN {POSTGRESQL_DDL.instruments_channel}")
+        except BaseException:
+            raw.close()
+            raise
+        return _Listener(raw, str(schema))
 
     def data_version(self, raw: Any) -> Optional[int]:
-        return None
+        listener: _Listener = raw
+        pgconn = listener.raw.pgconn
+        try:
+            pgconn.consume_input()  # what arrived, without waiting
+        except psycopg.OperationalError:
+            return None  # lost (a restart?): changes may have been missed
+        while (note := pgconn.notifies()) is not None:
+            if note.extra.decode() == listener.schema:
+                listener.version += 1
+        return listener.version
 
     def begin(self, raw: Any, mode: str, timeout: float) -> str:
         raw.execute("; ".join(_begin_statements(mode, timeout)))  # one round trip
@@ -270,6 +515,20 @@ class _PostgreSQL:
         return _traced_begin(mode), [
             (cursor.fetchall() if cursor.description else None, int(cursor.rowcount))
             for cursor in cursors]
+
+    def read_batch(
+        self, raw: Any, statements: Sequence[tuple[str, Any]], timeout: float
+    ) -> tuple[list[str], list[list[tuple[Any, ...]]]]:
+        snapshot = len(statements) > 1 and not self.in_transaction(raw)
+        with raw.pipeline():  # every query sent, then one wait: one round trip
+            if snapshot:
+                raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cursors = [raw.execute(native_sql(sql), params if params is not None else ())
+                       for sql, params in statements]
+            if snapshot:
+                raw.execute("COMMIT")
+        return (["BEGIN DEFERRED", "COMMIT"] if snapshot else []), [
+            cursor.fetchall() for cursor in cursors]
 
     def executemany(self, raw: Any, sql: str, rows: Sequence[Any]) -> None:
         with raw.cursor() as cursor:

@@ -220,6 +220,19 @@ class _SQLite:
         raw.execute("COMMIT")
         return began, results
 
+    def read_batch(
+        self, raw: Any, statements: Sequence[tuple[str, Any]], timeout: float
+    ) -> tuple[list[str], list[list[tuple[Any, ...]]]]:
+        if len(statements) == 1 or raw.in_transaction:
+            return [], [list(self.execute(raw, sql, params, timeout).fetchall())
+                        for sql, params in statements]
+        began = self.begin(raw, "DEFERRED", timeout)  # one snapshot for them all
+        try:
+            rows = [list(raw.execute(sql, params).fetchall()) for sql, params in statements]
+        finally:
+            raw.execute("COMMIT")
+        return [began, "COMMIT"], rows
+
     def executemany(self, raw: Any, sql: str, rows: Sequence[Any]) -> None:
         raw.executemany(sql, rows)
 
