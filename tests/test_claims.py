@@ -59,6 +59,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from legacy_schema import make_legacy_db
 
+from nexusLIMS.db import testing
 from nexusLIMS.db.claims import (
     DEFAULT_LEASE,
     Claim,
@@ -77,8 +78,8 @@ from nexusLIMS.db.migrations import migrate_db
 from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.schema import init_db
 from nexusLIMS.db.sessions import get_sessions_to_build, set_session_status
+from nexusLIMS.db.testing import BuilderReport
 
-ENV_DB_PATH = "nexusLIMS_db_path"
 SPAWN = multiprocessing.get_context("spawn")  # children read nexusLIMS_db_path themselves
 LONG = timedelta(hours=1)
 PAST = "2000-01-01T00:00:00.000000+00:00"  # an expires_at long gone
@@ -691,36 +692,20 @@ def test_the_claim_api_objects(database: DatabaseLocation) -> None:
 # ------------------------------------------------------- 7. builder processes (slow)
 
 
-def run_builders(count: int, batch: int, build_seconds: float, lease_seconds: float,
-                 timeout: float = 120) -> list[tuple[str, list[str], float, float]]:
-    """Run ``count`` builder processes until nothing is left to build; return their reports."""
-    barrier, results = SPAWN.Barrier(count), SPAWN.Queue()
-    processes = [SPAWN.Process(target=claim_workers.builder,
-                               args=(f"builder-{n}", batch, build_seconds, lease_seconds,
-                                     barrier, results))
-                 for n in range(count)]
-    for process in processes:
-        process.start()
-    try:
-        reports = [results.get(timeout=timeout) for _ in processes]
-        for process in processes:
-            process.join(timeout=30)
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-                process.join()
-        results.close()
-        results.join_thread()
-    assert [error for *_, error in reports if error] == []
-    assert [process.exitcode for process in processes] == [0] * count
-    return [report[:4] for report in reports]
+def run_builders(count: int, batch: int, build_seconds: float,
+                 lease_seconds: float) -> list[BuilderReport]:
+    """Run ``count`` builder processes until nothing is left to build; return their reports.
 
-
-def rate(reports: list[tuple[str, list[str], float, float]]) -> float:
-    """Sessions built per second by these builders together."""
-    built = sum(len(finished) for _, finished, _, _ in reports)
-    return built / (max(r[3] for r in reports) - min(r[2] for r in reports))
+    The builders (``nexusLIMS.db.testing``, which ``benchmarks/bench_claims.py``
+    runs too) log RECORD_GENERATION, sleep ``build_seconds`` and finish
+    COMPLETED; they find the database in the environment.
+    """
+    reports = testing.run_builders(count, batch, build_seconds,
+                                   lease=timedelta(seconds=lease_seconds),
+                                   record_generation=True, timeout=600)
+    assert [report.error for report in reports if report.error] == []
+    assert [report.exitcode for report in reports] == [0] * count
+    return reports
 
 
 def check_built_once(expected: Sequence[str], finished: Counter[str]) -> None:
@@ -740,26 +725,24 @@ def check_built_once(expected: Sequence[str], finished: Counter[str]) -> None:
 
 
 @contextlib.contextmanager
-def on_tmpfs(location: DatabaseLocation, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
-    """Move a SQLite test database to /dev/shm for the block, when it can; yield whether it did.
+def on_tmpfs(location: DatabaseLocation, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Move a SQLite test database to /dev/shm for the block, when it can.
 
-    On a real disk every SQLite commit waits for fsync (about 1 ms here) and
-    SQLite lets one writer in at a time, so eight builders would measure the
-    disk's speed-up, not the claiming design's (on-disk figures belong in
-    benchmarks/). The PostgreSQL test server runs without fsync anyway.
+    Only to keep the suite quick: on a disk every SQLite commit waits for
+    fsync and SQLite lets one writer in at a time, which doubles the time of
+    eight builders here without changing what is checked. A PostgreSQL
+    test server runs without fsync anyway.
     """
-    if location.backend != "sqlite":
-        yield True
-        return
-    if not (os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)):
-        yield False
+    if location.backend != "sqlite" or not (
+            os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)):
+        yield
         return
     folder = Path(tempfile.mkdtemp(prefix="nexuslims-claims-", dir="/dev/shm"))
     try:
         moved = init_db(folder / "nexuslims.sqlite")
         add_sample_instruments(moved)
-        monkeypatch.setenv(ENV_DB_PATH, str(moved.path))
-        yield True
+        monkeypatch.setenv("nexusLIMS_db_path", str(moved.path))
+        yield
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -768,41 +751,26 @@ BUILD = 0.010  # a simulated record build: 10 ms (a real one takes minutes)
 
 
 @pytest.mark.slow
-def test_eight_builders_build_every_session_once_and_faster(
+def test_eight_builders_build_every_session_exactly_once(
     database: DatabaseLocation, monkeypatch: pytest.MonkeyPatch,
-    record_property: Any, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # Eight builders share this machine's CPUs (two, where CI runs) with each
-    # other and with anything else running there, which can only slow them
-    # down: a second measurement is taken if the first falls short.
-    expected: list[str] = []
-    finished: Counter[str] = Counter()
-    speedups: list[float] = []
-    with on_tmpfs(database, monkeypatch) as fast_storage:
-        # One CPU alone could not show the design's speed-up.
-        measured = fast_storage and (os.cpu_count() or 1) >= 2
-        for attempt in range(2):
-            alone = [f"alone-{attempt}-{n:04d}" for n in range(250)]
-            add_sessions(alone)
-            one = run_builders(1, 5, BUILD, 3600)
-            shared = [f"shared-{attempt}-{n:04d}" for n in range(2000)]
-            add_sessions(shared)
-            eight = run_builders(8, 5, BUILD, 3600)
+    # Exactly once, and nothing about speed: how much faster eight builders
+    # are than one is a figure of the machine, measured and judged by
+    # benchmarks/bench_claims.py (target >= 4x); a busy machine must never
+    # fail the suite.
+    with on_tmpfs(database, monkeypatch):
+        alone = [f"alone-{n:04d}" for n in range(250)]
+        add_sessions(alone)
+        one = run_builders(1, 5, BUILD, 3600)
+        shared = [f"shared-{n:04d}" for n in range(2000)]
+        add_sessions(shared)
+        eight = run_builders(8, 5, BUILD, 3600)
 
-            expected += alone + shared
-            finished.update(name for _, names, _, _ in one + eight for name in names)
-            check_built_once(expected, finished)
-            assert sorted(name for _, names, _, _ in one for name in names) == alone
-            assert all(names for _, names, _, _ in eight)  # every builder took part
-            speedups.append(rate(eight) / rate(one))
-            with capsys.disabled():
-                print(f"\n[{database.backend}] 1 builder: {rate(one):.0f} sessions/s, "
-                      f"8 builders: {rate(eight):.0f} sessions/s, speed-up {speedups[-1]:.2f}x")
-            if speedups[-1] >= 4 or not measured:
-                break
-    record_property("speedup", round(max(speedups), 2))
-    if measured:
-        assert max(speedups) >= 4
+        expected = alone + shared
+        finished = Counter(name for report in one + eight for name in report.finished)
+        check_built_once(expected, finished)
+        assert sorted(name for report in one for name in report.finished) == alone
+        assert all(report.finished for report in eight)  # every builder took part
 
 
 @pytest.mark.slow
@@ -832,7 +800,7 @@ def test_a_killed_builder_loses_nothing(database: DatabaseLocation) -> None:
 
     reports = run_builders(3, 5, BUILD, 3600)
 
-    finished = Counter(name for _, done, _, _ in reports for name in done)
+    finished = Counter(name for report in reports for name in report.finished)
     assert sorted(finished) == sessions  # none lost
     assert [name for name, count in finished.items() if count != 1] == []  # none doubled
     assert {name: outcome(name) for name in sessions} == {
