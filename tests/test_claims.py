@@ -628,9 +628,10 @@ def test_the_claims_command_lists_live_and_expired_claims(
     expire("s2")
     assert main(["claims"]) == 0
     lines = capsys.readouterr().out.splitlines()
+    # Ages under ten minutes: the claims are a moment old, however busy the machine.
     assert re.fullmatch(r"SESSION +WORKER +STATE +AGE +LEASE LEFT", lines[0])
-    assert re.fullmatch(r"s1 +builder-a +live +0:00:0\d +(1:59:5\d|2:00:00)", lines[1])
-    assert re.fullmatch(r"s2 +builder-b +expired +0:00:0\d +-", lines[2])
+    assert re.fullmatch(r"s1 +builder-a +live +0:0\d:\d\d +(1:5\d:\d\d|2:00:00)", lines[1])
+    assert re.fullmatch(r"s2 +builder-b +expired +0:0\d:\d\d +-", lines[2])
     assert lines[3:] == ["2 claims, 1 expired (their sessions can be claimed again)."]
 
     assert main(["claims", "--json", "--db", database.target]) == 0
@@ -646,8 +647,8 @@ def test_the_claims_command_lists_live_and_expired_claims(
         claimed_at, expires_at = stored[item["session_identifier"]][2:]
         assert datetime.fromisoformat(item["claimed_at"]) == datetime.fromisoformat(claimed_at)
         assert datetime.fromisoformat(item["expires_at"]) == datetime.fromisoformat(expires_at)
-        assert 0 <= item["age_seconds"] < 60
-    assert 7100 < listed[0]["lease_left_seconds"] <= 7200
+        assert 0 <= item["age_seconds"] < 600
+    assert 7200 - 600 < listed[0]["lease_left_seconds"] <= 7200
     assert listed[1]["lease_left_seconds"] == 0.0
 
 

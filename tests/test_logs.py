@@ -1223,7 +1223,7 @@ session_specs = st.lists(
 @pytest.mark.slow
 @pytest.mark.parametrize("pair_index", [True, False], ids=["with index", "1.4 indexes"])
 @settings(max_examples=20, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(specs=session_specs, history=st.integers(0, 6), seed=st.integers(0, 2**16))
 def test_pairing_matches_the_1_4_reference(
     nexuslims_db: Path, nexuslims_instruments: dict[str, Instrument], pair_index: bool,
@@ -1269,7 +1269,7 @@ messy_logs = st.lists(
 
 @pytest.mark.slow
 @settings(max_examples=40, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(raw=messy_logs)
 def test_the_pairing_index_and_the_scan_agree_on_anything(
     nexuslims_db: Path, nexuslims_instruments: dict[str, Instrument], raw: list[Any]
