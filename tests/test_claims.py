@@ -44,7 +44,7 @@ from typing import Any, Optional
 import claim_workers
 import pytest
 from helpers import (
-    JEOL,
+    INCONSISTENT,
     QUANTA,
     TITAN,
     Templates,
@@ -243,23 +243,8 @@ def test_finished_sessions_are_never_claimed(database: DatabaseLocation) -> None
 
 def test_inconsistent_sessions_are_never_claimed(database: DatabaseLocation) -> None:
     add_sessions(["good-1"])
-    insert_raw([
-        row("two-ends", "START", "2021-05-02T10:00:00"),
-        row("two-ends", "END", "2021-05-02T11:00:00"),
-        row("two-ends", "END", "2021-05-02T11:30:00"),
-        row("two-starts", "START", "2021-05-02T10:00:00"),
-        row("two-starts", "START", "2021-05-02T10:05:00"),
-        row("two-starts", "END", "2021-05-02T11:00:00"),
-        row("backwards", "START", "2021-05-02T10:00:00"),
-        row("backwards", "END", "2021-05-02T09:00:00"),
-        row("no-end", "START", "2021-05-02T10:00:00"),
-        row("lone-end", "END", "2021-05-02T10:00:00"),
-        row("mismatch", "START", "2021-05-02T10:00:00", QUANTA),
-        row("mismatch", "END", "2021-05-02T11:00:00", JEOL),
-        row("unknown", "START", "2021-05-02T10:00:00", "NO-SUCH-INSTRUMENT"),
-        row("unknown", "END", "2021-05-02T11:00:00", "NO-SUCH-INSTRUMENT"),
-        row("bad-time", "START", "yesterday"),
-        row("bad-time", "END", "2021-05-02T11:00:00"),
+    # Every kind of inconsistent session (helpers' catalogue), each named by its kind.
+    insert_raw([r for name, case in INCONSISTENT.items() for r in case.rows(name)] + [
         # Not a problem: 01:50 EDT to 01:10 EST, the night daylight-saving time ends.
         row("dst", "START", "2021-11-07T01:50:00", QUANTA),
         row("dst", "END", "2021-11-07T01:10:00", QUANTA),
@@ -823,11 +808,8 @@ STATUSES = ["COMPLETED", "ERROR", "NO_FILES_FOUND"]
 TEMPLATE_ROWS = (
     [r for name in GOOD[:3] for r in (row(name, "START", "2021-05-01T10:00:00"),
                                       row(name, "END", "2021-05-01T11:00:00"))]
-    + [row("x-backwards", "START", "2021-05-01T10:00:00"),
-       row("x-backwards", "END", "2021-05-01T09:00:00"),
-       row("x-two-ends", "START", "2021-05-01T10:00:00"),
-       row("x-two-ends", "END", "2021-05-01T11:00:00"),
-       row("x-two-ends", "END", "2021-05-01T11:30:00")]
+    + INCONSISTENT["end before start"].rows("x-backwards")
+    + INCONSISTENT["start with two ends"].rows("x-two-ends")
     + [r for name in GOOD[3:] for r in (row(name, "START", "2021-05-01T10:00:00"),
                                         row(name, "END", "2021-05-01T11:00:00"))]
 )

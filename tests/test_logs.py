@@ -23,6 +23,7 @@ import pytest
 from dateutil.parser import isoparse
 from helpers import (
     END_COUNT_PREFIX,
+    INCONSISTENT,
     JEOL,
     QUANTA,
     TITAN,
@@ -1138,19 +1139,8 @@ def test_naive_and_aware_ends_are_compared_at_the_instrument(
     assert [s.session_identifier for s in get_sessions_to_build(on_error="skip")] == ["mixed-ok"]
 
 
-PROBLEMS = {
-    "no END": [row("p", "START", "2021-03-05T09:00:00")],
-    "no START": [row("p", "END", "2021-03-05T10:00:00")],
-    "two ENDs": [row("p", "START", "2021-03-05T09:00:00"), row("p", "END", "2021-03-05T10:00:00"),
-                 row("p", "END", "2021-03-05T11:00:00")],
-    "two STARTs": [row("p", "START", "2021-03-05T09:00:00"),
-                   row("p", "START", "2021-03-05T09:30:00"),
-                   row("p", "END", "2021-03-05T10:00:00")],
-    "two instruments": [row("p", "START", "2021-03-05T09:00:00"),
-                        row("p", "END", "2021-03-05T10:00:00", QUANTA)],
-    "END first": [row("p", "START", "2021-03-05T10:00:00"),
-                  row("p", "END", "2021-03-05T09:00:00")],
-}
+#: Every kind of inconsistent session (helpers' catalogue), as session 'p'.
+PROBLEMS = {name: case.rows("p") for name, case in INCONSISTENT.items()}
 
 
 def test_one_bad_session_leaves_the_others_as_they_were(
