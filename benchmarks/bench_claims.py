@@ -24,21 +24,25 @@ of a shared machine hits all alike, medians of ``--repeats`` runs:
    session, claims that came back empty while sessions were left (others
    held them), and a check that every session was finished exactly once;
 3. a simulated build (a 10 ms sleep per session, N=400): the speed-up of
-   eight builders over one (the test suite asserts >= 4x).
+   eight builders over one, target >= 4x (SQLite in /dev/shm, ``--tmpfs``,
+   and PostgreSQL; on a disk each commit's fsync caps it). The test suite
+   runs the same builders (``nexusLIMS.db.testing.run_builders``) but
+   checks only that every session is built exactly once: a speed-up is a
+   figure of the machine, and a busy machine must not fail the suite. The
+   suite's former check was ``--tmpfs --batches 5 --build-sessions 2000``.
 
 The benchmark sets up its data and runs its baseline with the drivers
-directly; the package itself does not. It exits 0 whatever the figures,
-and 2 when a run did not finish every session exactly once.
+directly; the package itself does not. It exits 2 when a run did not finish
+every session exactly once; else 1 with ``--strict`` when a speed-up missed
+its target; else 0, whatever the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
-import queue
 import random
 import shutil
 import signal
@@ -47,7 +51,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -57,22 +60,19 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from nexusLIMS.db.claims import claim_sessions
+from nexusLIMS.db import testing
 from nexusLIMS.db.config import ENV_DB_PATH, ENV_DB_PATH_2X
-from nexusLIMS.db.connection import connect
 from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.schema import init_db
+from nexusLIMS.db.testing import BuilderReport, PostgresServer, postgres_bindir
 
 Row = tuple[str, str, str, str, str, Optional[str]]
 
-SPAWN = multiprocessing.get_context("spawn")  # children find the database in the environment
-#: How long a builder sleeps when every session left is claimed by others.
-POLL = 0.005
-#: The longest a run of builders may take, in seconds.
+#: The longest a run of builders may take, in seconds (only to catch a hang).
 RUN_TIMEOUT = 900.0
+#: The speed-up of the builders over one builder, with a simulated build.
+SPEEDUP_TARGET = 4.0
 _COLUMNS = 'session_identifier, instrument, timestamp, event_type, record_status, "user"'
-_UNBUILT = ("SELECT count(*) FROM session_log WHERE event_type = 'START' "
-            "AND record_status = 'TO_BE_BUILT'")
 _MARK_DONE = "UPDATE session_log SET record_status = 'COMPLETED' WHERE id_session_log = ?"
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 _USERS = ("alice", "bob", "carol", "dave", None)
@@ -260,10 +260,10 @@ class PostgresStore(Store):
     mark = "%s"
 
     def __init__(self, url: Optional[str]) -> None:
-        self.server: Any = None  # a nexusLIMS.db.pytest_plugin.PostgresServer we started
+        self.server: Optional[PostgresServer] = None  # a throwaway server started here
         if url is None:
             self.server = _start_server()
-            url = str(self.server.url)
+            url = self.server.url
         self.url = url
         self.schemas: list[str] = []
 
@@ -319,19 +319,12 @@ class PostgresStore(Store):
                 self.server.stop()
 
 
-def _start_server() -> Any:
+def _start_server() -> PostgresServer:
     """Start a throwaway PostgreSQL server (its programs from ``pg_config --bindir``)."""
-    from nexusLIMS.db.pytest_plugin import PostgresServer, postgres_bindir
-
     bindir = postgres_bindir()
     if bindir is None:
         raise SystemExit("PostgreSQL's initdb was not found: install PostgreSQL, or pass --url")
-    server = PostgresServer(bindir)
-    try:
-        return server.start()
-    except BaseException:
-        shutil.rmtree(server.folder, ignore_errors=True)
-        raise
+    return PostgresServer(bindir).start()  # removes what it made if it fails
 
 
 def _filesystem(folder: Path) -> str:
@@ -349,67 +342,8 @@ def _filesystem(folder: Path) -> str:
 
 
 # --------------------------------------------------------------------------
-# Builders (module level: spawned children import them)
+# Builders: nexusLIMS.db.testing.run_builders (the test suite runs the same)
 # --------------------------------------------------------------------------
-
-
-@dataclass
-class BuilderReport:
-    """What one builder did; times are ``time.time()`` (comparable across processes)."""
-
-    name: str
-    finished: list[str] = field(default_factory=list)
-    started: float = 0.0
-    last_finish: float = 0.0
-    claim_seconds: float = 0.0
-    finish_seconds: float = 0.0
-    claim_calls: int = 0
-    contended: int = 0  # claims that got nothing while sessions were left
-    error: str = ""
-
-
-def unbuilt() -> int:
-    """Return how many sessions still wait for their record (claimed ones included)."""
-    with connect() as conn:
-        return int(conn.scalar(_UNBUILT))
-
-
-def builder(name: str, batch: int, build_seconds: float, barrier: Any, results: Any) -> None:
-    """Claim ``batch`` sessions at a time and finish each COMPLETED, until none is left.
-
-    Each finish follows a sleep of ``build_seconds`` (the record's build)
-    when that is not 0. Before the barrier, it warms up as a long-running
-    builder would be (imports, first connection, schema check) by claiming
-    nothing. Puts a :class:`BuilderReport` on ``results``.
-    """
-    report = BuilderReport(name)
-    try:
-        claim_sessions(0, worker=name)
-        unbuilt()
-        barrier.wait(timeout=120)
-        report.started = report.last_finish = time.time()
-        while True:
-            began = time.perf_counter()
-            claimed = claim_sessions(batch, worker=name)
-            report.claim_seconds += time.perf_counter() - began
-            report.claim_calls += 1
-            if not claimed:
-                if unbuilt() == 0:
-                    break
-                report.contended += 1
-                time.sleep(POLL)
-                continue
-            for session in claimed:
-                if build_seconds:
-                    time.sleep(build_seconds)
-                began = time.perf_counter()
-                session.finish("COMPLETED")
-                report.finish_seconds += time.perf_counter() - began
-                report.last_finish = time.time()
-                report.finished.append(session.session_identifier)
-    except BaseException:  # reported, whatever it was (a Ctrl-C too)
-        report.error = traceback.format_exc()
-    results.put(report)
 
 
 def run_builders(count: int, batch: int, build_seconds: float) -> list[BuilderReport]:
@@ -420,42 +354,10 @@ def run_builders(count: int, batch: int, build_seconds: float) -> list[BuilderRe
     RuntimeError
         A builder failed or did not report in time.
     """
-    barrier, results = SPAWN.Barrier(count), SPAWN.Queue()
-    processes = [SPAWN.Process(target=builder, args=(f"builder-{number}", batch, build_seconds,
-                                                     barrier, results), daemon=True)
-                 for number in range(count)]
-    try:
-        for process in processes:
-            process.start()
-        reports = _collect(processes, results)
-        for process in processes:
-            process.join(timeout=30)
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-            if process.pid is not None:
-                process.join()
-        results.close()
-        results.join_thread()
+    reports = testing.run_builders(count, batch, build_seconds, timeout=RUN_TIMEOUT)
     errors = [report.error for report in reports if report.error]
     if errors:
         raise RuntimeError("a builder failed:\n" + "\n".join(errors))
-    return reports
-
-
-def _collect(processes: list[Any], results: Any) -> list[BuilderReport]:
-    """Return every builder's report; raise RuntimeError if one died or took too long."""
-    reports: list[BuilderReport] = []
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while len(reports) < len(processes):
-        try:
-            reports.append(results.get(timeout=1.0))
-        except queue.Empty:
-            if time.monotonic() > deadline or not any(p.is_alive() for p in processes):
-                raise RuntimeError(
-                    f"{len(processes) - len(reports)} builder(s) did not report (died, or took "
-                    f"longer than {RUN_TIMEOUT:.0f} s)") from None
     return reports
 
 
@@ -659,12 +561,13 @@ def table_build(results: Results, args: argparse.Namespace) -> dict[str, Any]:
     print(_row("  speed-up", [f"{walls[b][1] / walls[b][many]:.2f}" for b in args.batches]))
     for batch in args.batches:
         speedup = walls[batch][1] / walls[batch][many]
-        verdict = "PASS" if speedup >= 4 else "MISS"
+        verdict = "PASS" if speedup >= SPEEDUP_TARGET else "MISS"
         figures[str(batch)] = {"wall_1_s": walls[batch][1], f"wall_{many}_s": walls[batch][many],
                                "speedup": speedup, "verdict": verdict}
-        print(f"{verdict}  speed-up of {many} builders >= 4x, B={batch}: {speedup:.2f}x")
-    print("  (the test suite asserts >= 4x with 2000 sessions and B=5, for SQLite in /dev/shm\n"
-          "   and for PostgreSQL)")
+        print(f"{verdict}  speed-up of {many} builders >= {SPEEDUP_TARGET:g}x, B={batch}: "
+              f"{speedup:.2f}x")
+    print("  (the target is for SQLite in /dev/shm (--tmpfs) and for PostgreSQL; the test\n"
+          "   suite checks only that every session is built exactly once)")
     return figures
 
 
@@ -719,6 +622,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="200 and 80 sessions, 1 repeat (a smoke test)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--strict", action="store_true",
+                        help=f"exit 1 when a speed-up misses its target ({SPEEDUP_TARGET:g}x)")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
     if args.quick:
@@ -739,7 +644,7 @@ def _stop(signum: int, frame: Any) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Run the benchmark; return 0, or 2 when a session was not finished exactly once."""
+    """Run the benchmark; return its exit status (see the module's docstring)."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
     saved = {var: os.environ.get(var) for var in (ENV_DB_PATH, ENV_DB_PATH_2X)}
@@ -764,7 +669,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
-    return 2 if figures["problems"] else 0
+    if figures["problems"]:
+        return 2
+    missed = [batch for batch, values in figures["simulated_build"].items()
+              if values["verdict"] != "PASS"]
+    return 1 if args.strict and missed else 0
 
 
 if __name__ == "__main__":

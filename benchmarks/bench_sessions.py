@@ -61,7 +61,7 @@ SQLite cases (the default backend):
 
 PostgreSQL cases (``--backend postgresql``; a schema of its own, dropped at
 the end; without ``--url``, on a throwaway server started with
-``nexusLIMS.db.pytest_plugin.PostgresServer``):
+``nexusLIMS.db.testing.PostgresServer``):
 
 1. ``get_sessions_to_build()`` / floor at 10k pairs (plus 3N history) <= 1.5,
    also reported at 5k and 20k.
@@ -1101,7 +1101,7 @@ def pg_connect(url: str) -> psycopg.Connection[Any]:
 
 def _bindir() -> Path:
     """Return the folder of PostgreSQL's server programs, as the pytest plugin finds it."""
-    from nexusLIMS.db.pytest_plugin import postgres_bindir
+    from nexusLIMS.db.testing import postgres_bindir
 
     found = postgres_bindir()
     if found is None:
@@ -1117,7 +1117,7 @@ def postgres_schema(url: Optional[str]) -> Iterator[str]:
     nothing outside it is touched.
     """
     from nexusLIMS.db.databases import close_pools
-    from nexusLIMS.db.pytest_plugin import PostgresServer
+    from nexusLIMS.db.testing import PostgresServer
 
     server = None
     if url is None:

@@ -3,6 +3,9 @@
 Raw writes bypass the package's validation (and foreign keys), to set up
 the inconsistent states 1.4 code or other tools can leave behind. They work on
 both backends, through the package's own connection helper.
+:data:`INCONSISTENT` is the one catalogue of such states (inconsistent
+sessions), which the tests of pairing, diagnosis, claims and 1.4
+compatibility all use.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import importlib
 import itertools
 import logging
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ import pytest
 
 from nexusLIMS.db.config import DatabaseRef
 from nexusLIMS.db.connection import connect
+from nexusLIMS.db.enums import ProblemKind
 from nexusLIMS.db.logs import LOG_COLUMNS, SessionLog, StoredLog
 from nexusLIMS.db.sessions import Session
 
@@ -147,3 +152,141 @@ class Templates:
                 patch.setenv(name, value)
             yield path
         path.unlink()
+
+
+# --- the catalogue of inconsistent sessions ---------------------------------------------------
+
+#: Stands for the session's identifier in an :class:`Inconsistency`'s detail patterns.
+IDENT = "<id>"
+
+
+@dataclass(frozen=True)
+class Inconsistency:
+    """A way the TO_BE_BUILT START/END logs of one session can be inconsistent.
+
+    ``logs`` are ``(event_type, timestamp, instrument)``; each ``problems``
+    item is the :class:`ProblemKind` that ``find_session_problems`` reports
+    and a regular expression its detail matches (``<id>`` stands for the
+    session's identifier), in the order reported.
+    """
+
+    logs: tuple[tuple[str, str, str], ...]
+    problems: tuple[tuple[ProblemKind, str], ...]
+
+    def rows(self, identifier: str = "bad") -> list[Row]:
+        """The session's raw rows (for :func:`insert_raw`), under ``identifier``."""
+        return [row(identifier, event, timestamp, instrument)
+                for event, timestamp, instrument in self.logs]
+
+    @property
+    def kinds(self) -> list[ProblemKind]:
+        """The kinds of its problems, in the order ``find_session_problems`` reports them."""
+        return [kind for kind, _ in self.problems]
+
+    def details(self, identifier: str = "bad") -> list[str]:
+        """The patterns its problems' details match, for a session named ``identifier``."""
+        return [pattern.replace(IDENT, re.escape(identifier)) for _, pattern in self.problems]
+
+    @property
+    def raises_in_1_4(self) -> bool:
+        """Whether 1.4 raised for it (a START without exactly one END), as the default does."""
+        return ProblemKind.END_COUNT in self.kinds
+
+
+def _bad(*logs: tuple[str, str, str], problems: Sequence[tuple[ProblemKind, str]]
+         ) -> Inconsistency:
+    return Inconsistency(tuple(logs), tuple(problems))
+
+
+def _start(timestamp: str = "2021-05-01T10:00:00", instrument: str = TITAN
+           ) -> tuple[str, str, str]:
+    return ("START", timestamp, instrument)
+
+
+def _end(timestamp: str = "2021-05-01T11:00:00", instrument: str = TITAN
+         ) -> tuple[str, str, str]:
+    return ("END", timestamp, instrument)
+
+
+_END_COUNT_0 = re.escape(
+    f"{END_COUNT_PREFIX}len(matching_end_logs) was 0; start log was SessionLog (id={IDENT}, "
+    f"instrument={TITAN}, timestamp=2021-05-01T10:00:00, event_type=START, user=alice, "
+    f"record_status=TO_BE_BUILT); matching_end_logs was []"
+)
+_BEFORE = "ends .* before it starts"
+
+#: Every kind of inconsistent session, by name. Each is years old (so
+#: ``on_error="mark"`` may mark it), on the sample instruments unless it is
+#: about an unknown one, and made of rows 1.4 code or other tools can write.
+INCONSISTENT: dict[str, Inconsistency] = {
+    "start with zero ends": _bad(_start(), problems=[(ProblemKind.END_COUNT, _END_COUNT_0)]),
+    "start with two ends": _bad(
+        _start(), _end(), _end("2021-05-01T11:30:00"),
+        problems=[(ProblemKind.END_COUNT,
+                   re.escape(f"{END_COUNT_PREFIX}len(matching_end_logs) was 2; ")
+                   + rf".*matching_end_logs was \[SessionLog \(id={IDENT}, "
+                   + r".*timestamp=2021-05-01T11:00:00"
+                   + rf".*, SessionLog \(id={IDENT}, .*timestamp=2021-05-01T11:30:00")]),
+    "end without start": _bad(
+        _end(),
+        problems=[(ProblemKind.END_WITHOUT_START,
+                   rf"session '{IDENT}' has 1 'END' log\(s\) \(ids \d+\) but no 'START' log")]),
+    "two ends without start": _bad(
+        _end(), _end("2021-05-01T11:30:00"),
+        problems=[(ProblemKind.END_WITHOUT_START,
+                   rf"session '{IDENT}' has 2 'END' log\(s\) \(ids \d+, \d+\) but no "
+                   r"'START' log")]),
+    "two starts": _bad(
+        _start(), _start("2021-05-01T10:05:00"), _end(),
+        problems=[(ProblemKind.MULTIPLE_STARTS,
+                   rf"session '{IDENT}' has 2 'START' logs \(ids \d+, \d+\)")]),
+    "two starts, no end": _bad(
+        _start(), _start("2021-05-01T10:05:00"),
+        problems=[(ProblemKind.END_COUNT,
+                   re.escape(f"{END_COUNT_PREFIX}len(matching_end_logs) was 0")),
+                  (ProblemKind.MULTIPLE_STARTS, f"session '{IDENT}' has 2 'START' logs")]),
+    "end before start": _bad(
+        _start(), _end("2021-05-01T09:59:59"),
+        problems=[(ProblemKind.END_BEFORE_START,
+                   re.escape(f"session '{IDENT}' ends (2021-05-01T09:59:59) before it starts "
+                             f"(2021-05-01T10:00:00)"))]),
+    "end before start, both with offsets": _bad(
+        _start("2021-05-01T10:00:00-04:00"), _end("2021-05-01T15:30:00+02:00"),
+        problems=[(ProblemKind.END_BEFORE_START, _BEFORE)]),
+    # 10:00 naive at the Titan (New York, UTC-4) is 14:00 UTC.
+    "end before start, naive start, aware end": _bad(
+        _start(), _end("2021-05-01T13:30:00+00:00"),
+        problems=[(ProblemKind.END_BEFORE_START, _BEFORE)]),
+    "end before start, aware start, naive end": _bad(
+        _start("2021-05-01T14:30:00+00:00"), _end("2021-05-01T10:00:00"),
+        problems=[(ProblemKind.END_BEFORE_START, _BEFORE)]),
+    # 10:00 naive at the JEOL (Denver, UTC-6) is 16:00 UTC, after 15:00 UTC.
+    "end before start in the instrument's zone": _bad(
+        _start(instrument=JEOL), _end("2021-05-01T15:00:00+00:00", JEOL),
+        problems=[(ProblemKind.END_BEFORE_START, _BEFORE)]),
+    "unknown instrument": _bad(
+        _start(instrument="GHOST-1"), _end(instrument="GHOST-1"),
+        problems=[(ProblemKind.UNKNOWN_INSTRUMENT,
+                   f"session '{IDENT}' is on instrument 'GHOST-1', which is not in the "
+                   f"instruments table")]),
+    "two unknown instruments": _bad(
+        _start(instrument="GHOST-1"), _end(instrument="GHOST-2"),
+        problems=[(ProblemKind.UNKNOWN_INSTRUMENT, "instrument 'GHOST-1', which is not"),
+                  (ProblemKind.UNKNOWN_INSTRUMENT, "instrument 'GHOST-2', which is not")]),
+    "unknown instrument and bad timestamp": _bad(
+        _start("yesterday", "GHOST-1"), _end(),
+        problems=[(ProblemKind.UNKNOWN_INSTRUMENT, "instrument 'GHOST-1', which is not")]),
+    "different instruments": _bad(
+        _start(), _end(instrument=QUANTA),
+        problems=[(ProblemKind.INSTRUMENT_MISMATCH,
+                   f"session '{IDENT}' starts on '{TITAN}' but ends on '{QUANTA}'")]),
+    "unparseable start": _bad(
+        _start("yesterday"), _end(),
+        problems=[(ProblemKind.BAD_TIMESTAMP,
+                   r"log \d+ has timestamp 'yesterday', not ISO 8601")]),
+    "unparseable start and end": _bad(
+        _start("2021-13-01T00:00:00"), _end(""),
+        problems=[(ProblemKind.BAD_TIMESTAMP,
+                   "has timestamp '2021-13-01T00:00:00', not ISO 8601"),
+                  (ProblemKind.BAD_TIMESTAMP, "has timestamp '', not ISO 8601")]),
+}

@@ -202,8 +202,12 @@ def _server_pids(server: str) -> set[int]:
 
 
 def _eventually(condition: Callable[[], bool]) -> bool:
-    """Whether ``condition`` becomes true (the server ends closed sessions asynchronously)."""
-    deadline = time.monotonic() + 10
+    """Whether ``condition`` becomes true (the server ends closed sessions asynchronously).
+
+    It usually takes milliseconds; the 60 s bound only catches a session that
+    is never closed, however busy the machine is.
+    """
+    deadline = time.monotonic() + 60
     while not condition():
         if time.monotonic() > deadline:
             return False
@@ -250,7 +254,7 @@ def test_concurrent_connections_are_pooled_up_to_a_limit(
     def hold() -> None:
         with connect() as conn:
             pids.append(int(conn.scalar("SELECT pg_backend_pid()")))
-            barrier.wait(timeout=10)
+            barrier.wait(timeout=60)  # only to catch a hang
 
     threads = [threading.Thread(target=hold) for _ in range(8)]
     for thread in threads:
@@ -410,7 +414,9 @@ def test_a_zero_lock_timeout_does_not_wait_forever(
 
     writer = threading.Thread(target=write)
     writer.start()
-    writer.join(timeout=0.5)  # far more than a zero timeout needs
+    # A zero timeout gives up while the lock is still held; the bound only
+    # catches a writer that waits for the lock's release (for ever here).
+    writer.join(timeout=60)
     waited = writer.is_alive()
     writers_lock.release()
     writer.join()

@@ -44,7 +44,7 @@ from typing import Any, Optional
 import claim_workers
 import pytest
 from helpers import (
-    JEOL,
+    INCONSISTENT,
     QUANTA,
     TITAN,
     Templates,
@@ -59,6 +59,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from legacy_schema import make_legacy_db
 
+from nexusLIMS.db import testing
 from nexusLIMS.db.claims import (
     DEFAULT_LEASE,
     Claim,
@@ -77,8 +78,8 @@ from nexusLIMS.db.migrations import migrate_db
 from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.schema import init_db
 from nexusLIMS.db.sessions import get_sessions_to_build, set_session_status
+from nexusLIMS.db.testing import BuilderReport
 
-ENV_DB_PATH = "nexusLIMS_db_path"
 SPAWN = multiprocessing.get_context("spawn")  # children read nexusLIMS_db_path themselves
 LONG = timedelta(hours=1)
 PAST = "2000-01-01T00:00:00.000000+00:00"  # an expires_at long gone
@@ -242,23 +243,8 @@ def test_finished_sessions_are_never_claimed(database: DatabaseLocation) -> None
 
 def test_inconsistent_sessions_are_never_claimed(database: DatabaseLocation) -> None:
     add_sessions(["good-1"])
-    insert_raw([
-        row("two-ends", "START", "2021-05-02T10:00:00"),
-        row("two-ends", "END", "2021-05-02T11:00:00"),
-        row("two-ends", "END", "2021-05-02T11:30:00"),
-        row("two-starts", "START", "2021-05-02T10:00:00"),
-        row("two-starts", "START", "2021-05-02T10:05:00"),
-        row("two-starts", "END", "2021-05-02T11:00:00"),
-        row("backwards", "START", "2021-05-02T10:00:00"),
-        row("backwards", "END", "2021-05-02T09:00:00"),
-        row("no-end", "START", "2021-05-02T10:00:00"),
-        row("lone-end", "END", "2021-05-02T10:00:00"),
-        row("mismatch", "START", "2021-05-02T10:00:00", QUANTA),
-        row("mismatch", "END", "2021-05-02T11:00:00", JEOL),
-        row("unknown", "START", "2021-05-02T10:00:00", "NO-SUCH-INSTRUMENT"),
-        row("unknown", "END", "2021-05-02T11:00:00", "NO-SUCH-INSTRUMENT"),
-        row("bad-time", "START", "yesterday"),
-        row("bad-time", "END", "2021-05-02T11:00:00"),
+    # Every kind of inconsistent session (helpers' catalogue), each named by its kind.
+    insert_raw([r for name, case in INCONSISTENT.items() for r in case.rows(name)] + [
         # Not a problem: 01:50 EDT to 01:10 EST, the night daylight-saving time ends.
         row("dst", "START", "2021-11-07T01:50:00", QUANTA),
         row("dst", "END", "2021-11-07T01:10:00", QUANTA),
@@ -627,9 +613,10 @@ def test_the_claims_command_lists_live_and_expired_claims(
     expire("s2")
     assert main(["claims"]) == 0
     lines = capsys.readouterr().out.splitlines()
+    # Ages under ten minutes: the claims are a moment old, however busy the machine.
     assert re.fullmatch(r"SESSION +WORKER +STATE +AGE +LEASE LEFT", lines[0])
-    assert re.fullmatch(r"s1 +builder-a +live +0:00:0\d +(1:59:5\d|2:00:00)", lines[1])
-    assert re.fullmatch(r"s2 +builder-b +expired +0:00:0\d +-", lines[2])
+    assert re.fullmatch(r"s1 +builder-a +live +0:0\d:\d\d +(1:5\d:\d\d|2:00:00)", lines[1])
+    assert re.fullmatch(r"s2 +builder-b +expired +0:0\d:\d\d +-", lines[2])
     assert lines[3:] == ["2 claims, 1 expired (their sessions can be claimed again)."]
 
     assert main(["claims", "--json", "--db", database.target]) == 0
@@ -645,8 +632,8 @@ def test_the_claims_command_lists_live_and_expired_claims(
         claimed_at, expires_at = stored[item["session_identifier"]][2:]
         assert datetime.fromisoformat(item["claimed_at"]) == datetime.fromisoformat(claimed_at)
         assert datetime.fromisoformat(item["expires_at"]) == datetime.fromisoformat(expires_at)
-        assert 0 <= item["age_seconds"] < 60
-    assert 7100 < listed[0]["lease_left_seconds"] <= 7200
+        assert 0 <= item["age_seconds"] < 600
+    assert 7200 - 600 < listed[0]["lease_left_seconds"] <= 7200
     assert listed[1]["lease_left_seconds"] == 0.0
 
 
@@ -691,36 +678,20 @@ def test_the_claim_api_objects(database: DatabaseLocation) -> None:
 # ------------------------------------------------------- 7. builder processes (slow)
 
 
-def run_builders(count: int, batch: int, build_seconds: float, lease_seconds: float,
-                 timeout: float = 120) -> list[tuple[str, list[str], float, float]]:
-    """Run ``count`` builder processes until nothing is left to build; return their reports."""
-    barrier, results = SPAWN.Barrier(count), SPAWN.Queue()
-    processes = [SPAWN.Process(target=claim_workers.builder,
-                               args=(f"builder-{n}", batch, build_seconds, lease_seconds,
-                                     barrier, results))
-                 for n in range(count)]
-    for process in processes:
-        process.start()
-    try:
-        reports = [results.get(timeout=timeout) for _ in processes]
-        for process in processes:
-            process.join(timeout=30)
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-                process.join()
-        results.close()
-        results.join_thread()
-    assert [error for *_, error in reports if error] == []
-    assert [process.exitcode for process in processes] == [0] * count
-    return [report[:4] for report in reports]
+def run_builders(count: int, batch: int, build_seconds: float,
+                 lease_seconds: float) -> list[BuilderReport]:
+    """Run ``count`` builder processes until nothing is left to build; return their reports.
 
-
-def rate(reports: list[tuple[str, list[str], float, float]]) -> float:
-    """Sessions built per second by these builders together."""
-    built = sum(len(finished) for _, finished, _, _ in reports)
-    return built / (max(r[3] for r in reports) - min(r[2] for r in reports))
+    The builders (``nexusLIMS.db.testing``, which ``benchmarks/bench_claims.py``
+    runs too) log RECORD_GENERATION, sleep ``build_seconds`` and finish
+    COMPLETED; they find the database in the environment.
+    """
+    reports = testing.run_builders(count, batch, build_seconds,
+                                   lease=timedelta(seconds=lease_seconds),
+                                   record_generation=True, timeout=600)
+    assert [report.error for report in reports if report.error] == []
+    assert [report.exitcode for report in reports] == [0] * count
+    return reports
 
 
 def check_built_once(expected: Sequence[str], finished: Counter[str]) -> None:
@@ -740,26 +711,24 @@ def check_built_once(expected: Sequence[str], finished: Counter[str]) -> None:
 
 
 @contextlib.contextmanager
-def on_tmpfs(location: DatabaseLocation, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
-    """Move a SQLite test database to /dev/shm for the block, when it can; yield whether it did.
+def on_tmpfs(location: DatabaseLocation, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Move a SQLite test database to /dev/shm for the block, when it can.
 
-    On a real disk every SQLite commit waits for fsync (about 1 ms here) and
-    SQLite lets one writer in at a time, so eight builders would measure the
-    disk's speed-up, not the claiming design's (on-disk figures belong in
-    benchmarks/). The PostgreSQL test server runs without fsync anyway.
+    Only to keep the suite quick: on a disk every SQLite commit waits for
+    fsync and SQLite lets one writer in at a time, which doubles the time of
+    eight builders here without changing what is checked. A PostgreSQL
+    test server runs without fsync anyway.
     """
-    if location.backend != "sqlite":
-        yield True
-        return
-    if not (os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)):
-        yield False
+    if location.backend != "sqlite" or not (
+            os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)):
+        yield
         return
     folder = Path(tempfile.mkdtemp(prefix="nexuslims-claims-", dir="/dev/shm"))
     try:
         moved = init_db(folder / "nexuslims.sqlite")
         add_sample_instruments(moved)
-        monkeypatch.setenv(ENV_DB_PATH, str(moved.path))
-        yield True
+        monkeypatch.setenv("nexusLIMS_db_path", str(moved.path))
+        yield
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -768,41 +737,26 @@ BUILD = 0.010  # a simulated record build: 10 ms (a real one takes minutes)
 
 
 @pytest.mark.slow
-def test_eight_builders_build_every_session_once_and_faster(
+def test_eight_builders_build_every_session_exactly_once(
     database: DatabaseLocation, monkeypatch: pytest.MonkeyPatch,
-    record_property: Any, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # Eight builders share this machine's CPUs (two, where CI runs) with each
-    # other and with anything else running there, which can only slow them
-    # down: a second measurement is taken if the first falls short.
-    expected: list[str] = []
-    finished: Counter[str] = Counter()
-    speedups: list[float] = []
-    with on_tmpfs(database, monkeypatch) as fast_storage:
-        # One CPU alone could not show the design's speed-up.
-        measured = fast_storage and (os.cpu_count() or 1) >= 2
-        for attempt in range(2):
-            alone = [f"alone-{attempt}-{n:04d}" for n in range(250)]
-            add_sessions(alone)
-            one = run_builders(1, 5, BUILD, 3600)
-            shared = [f"shared-{attempt}-{n:04d}" for n in range(2000)]
-            add_sessions(shared)
-            eight = run_builders(8, 5, BUILD, 3600)
+    # Exactly once, and nothing about speed: how much faster eight builders
+    # are than one is a figure of the machine, measured and judged by
+    # benchmarks/bench_claims.py (target >= 4x); a busy machine must never
+    # fail the suite.
+    with on_tmpfs(database, monkeypatch):
+        alone = [f"alone-{n:04d}" for n in range(250)]
+        add_sessions(alone)
+        one = run_builders(1, 5, BUILD, 3600)
+        shared = [f"shared-{n:04d}" for n in range(2000)]
+        add_sessions(shared)
+        eight = run_builders(8, 5, BUILD, 3600)
 
-            expected += alone + shared
-            finished.update(name for _, names, _, _ in one + eight for name in names)
-            check_built_once(expected, finished)
-            assert sorted(name for _, names, _, _ in one for name in names) == alone
-            assert all(names for _, names, _, _ in eight)  # every builder took part
-            speedups.append(rate(eight) / rate(one))
-            with capsys.disabled():
-                print(f"\n[{database.backend}] 1 builder: {rate(one):.0f} sessions/s, "
-                      f"8 builders: {rate(eight):.0f} sessions/s, speed-up {speedups[-1]:.2f}x")
-            if speedups[-1] >= 4 or not measured:
-                break
-    record_property("speedup", round(max(speedups), 2))
-    if measured:
-        assert max(speedups) >= 4
+        expected = alone + shared
+        finished = Counter(name for report in one + eight for name in report.finished)
+        check_built_once(expected, finished)
+        assert sorted(name for report in one for name in report.finished) == alone
+        assert all(report.finished for report in eight)  # every builder took part
 
 
 @pytest.mark.slow
@@ -832,7 +786,7 @@ def test_a_killed_builder_loses_nothing(database: DatabaseLocation) -> None:
 
     reports = run_builders(3, 5, BUILD, 3600)
 
-    finished = Counter(name for _, done, _, _ in reports for name in done)
+    finished = Counter(name for report in reports for name in report.finished)
     assert sorted(finished) == sessions  # none lost
     assert [name for name, count in finished.items() if count != 1] == []  # none doubled
     assert {name: outcome(name) for name in sessions} == {
@@ -854,11 +808,8 @@ STATUSES = ["COMPLETED", "ERROR", "NO_FILES_FOUND"]
 TEMPLATE_ROWS = (
     [r for name in GOOD[:3] for r in (row(name, "START", "2021-05-01T10:00:00"),
                                       row(name, "END", "2021-05-01T11:00:00"))]
-    + [row("x-backwards", "START", "2021-05-01T10:00:00"),
-       row("x-backwards", "END", "2021-05-01T09:00:00"),
-       row("x-two-ends", "START", "2021-05-01T10:00:00"),
-       row("x-two-ends", "END", "2021-05-01T11:00:00"),
-       row("x-two-ends", "END", "2021-05-01T11:30:00")]
+    + INCONSISTENT["end before start"].rows("x-backwards")
+    + INCONSISTENT["start with two ends"].rows("x-two-ends")
     + [r for name in GOOD[3:] for r in (row(name, "START", "2021-05-01T10:00:00"),
                                         row(name, "END", "2021-05-01T11:00:00"))]
 )

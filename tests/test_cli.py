@@ -1442,17 +1442,19 @@ def test_ctrl_c_while_waiting_for_a_lock_exits_promptly(demo: Path) -> None:
     before = _rows(demo)
     with closing(sqlite3.connect(demo, isolation_level=None)) as holder:
         holder.execute("BEGIN EXCLUSIVE")
+        # It would wait a day for the lock: only the Ctrl-C can end its wait,
+        # so the bound on communicate() below only catches a hang.
         child = subprocess.Popen(
             [str(SCRIPT), "--db", str(demo), "log", "start", "--instrument", TITAN, "--id",
              "ctrl-c"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=_env(**{ENV_TIMEOUT: "30"}),
+            env=_env(**{ENV_TIMEOUT: "1d"}),
         )
         try:
             _wait_until_open(child.pid, demo)
             assert child.poll() is None  # still waiting for the lock
             child.send_signal(signal.SIGINT)
-            out, err = child.communicate(timeout=3)
+            out, err = child.communicate(timeout=120)
         finally:
             if child.poll() is None:
                 child.kill()

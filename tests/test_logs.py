@@ -23,6 +23,7 @@ import pytest
 from dateutil.parser import isoparse
 from helpers import (
     END_COUNT_PREFIX,
+    INCONSISTENT,
     JEOL,
     QUANTA,
     TITAN,
@@ -1138,19 +1139,8 @@ def test_naive_and_aware_ends_are_compared_at_the_instrument(
     assert [s.session_identifier for s in get_sessions_to_build(on_error="skip")] == ["mixed-ok"]
 
 
-PROBLEMS = {
-    "no END": [row("p", "START", "2021-03-05T09:00:00")],
-    "no START": [row("p", "END", "2021-03-05T10:00:00")],
-    "two ENDs": [row("p", "START", "2021-03-05T09:00:00"), row("p", "END", "2021-03-05T10:00:00"),
-                 row("p", "END", "2021-03-05T11:00:00")],
-    "two STARTs": [row("p", "START", "2021-03-05T09:00:00"),
-                   row("p", "START", "2021-03-05T09:30:00"),
-                   row("p", "END", "2021-03-05T10:00:00")],
-    "two instruments": [row("p", "START", "2021-03-05T09:00:00"),
-                        row("p", "END", "2021-03-05T10:00:00", QUANTA)],
-    "END first": [row("p", "START", "2021-03-05T10:00:00"),
-                  row("p", "END", "2021-03-05T09:00:00")],
-}
+#: Every kind of inconsistent session (helpers' catalogue), as session 'p'.
+PROBLEMS = {name: case.rows("p") for name, case in INCONSISTENT.items()}
 
 
 def test_one_bad_session_leaves_the_others_as_they_were(
@@ -1223,7 +1213,7 @@ session_specs = st.lists(
 @pytest.mark.slow
 @pytest.mark.parametrize("pair_index", [True, False], ids=["with index", "1.4 indexes"])
 @settings(max_examples=20, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(specs=session_specs, history=st.integers(0, 6), seed=st.integers(0, 2**16))
 def test_pairing_matches_the_1_4_reference(
     nexuslims_db: Path, nexuslims_instruments: dict[str, Instrument], pair_index: bool,
@@ -1269,7 +1259,7 @@ messy_logs = st.lists(
 
 @pytest.mark.slow
 @settings(max_examples=40, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(raw=messy_logs)
 def test_the_pairing_index_and_the_scan_agree_on_anything(
     nexuslims_db: Path, nexuslims_instruments: dict[str, Instrument], raw: list[Any]

@@ -437,7 +437,8 @@ _offsets = st.one_of(
 )
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture],
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.function_scoped_fixture],
           **EXAMPLE_SETTINGS)
 @given(
     start=st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2999, 12, 30)),

@@ -24,9 +24,11 @@ import pytest
 import pytz
 from helpers import (
     END_COUNT_PREFIX,
+    INCONSISTENT,
     JEOL,
     QUANTA,
     TITAN,
+    Inconsistency,
     Row,
     insert_raw,
     log,
@@ -715,118 +717,16 @@ BYSTANDERS = [
 ]
 
 
-@dataclass
-class Case:
-    """The TO_BE_BUILT START/END logs of session 'bad' and what is wrong with them."""
-
-    logs: list[Row]
-    kinds: list[ProblemKind]
-    details: list[str]  # a regular expression per problem, in order
-
-
-def _case(logs: list[Row], *problems: tuple[ProblemKind, str]) -> Case:
-    return Case(logs, [kind for kind, _ in problems], [detail for _, detail in problems])
-
-
-START = row("bad", "START", "2021-05-01T10:00:00")
-END = row("bad", "END", "2021-05-01T11:00:00")
-END_COUNT_0 = re.escape(
-    f"{END_COUNT_PREFIX}len(matching_end_logs) was 0; start log was SessionLog (id=bad, "
-    f"instrument={TITAN}, timestamp=2021-05-01T10:00:00, event_type=START, user=alice, "
-    f"record_status=TO_BE_BUILT); matching_end_logs was []"
-)
-CASES = {
-    "start with zero ends": _case([START], (ProblemKind.END_COUNT, END_COUNT_0)),
-    "start with two ends": _case(
-        [START, END, row("bad", "END", "2021-05-01T11:30:00")],
-        (ProblemKind.END_COUNT, re.escape(f"{END_COUNT_PREFIX}len(matching_end_logs) was 2; ")
-         + r".*matching_end_logs was \[SessionLog \(id=bad, .*timestamp=2021-05-01T11:00:00"
-         + r".*, SessionLog \(id=bad, .*timestamp=2021-05-01T11:30:00"),
-    ),
-    "end without start": _case(
-        [END],
-        (ProblemKind.END_WITHOUT_START,
-         r"session 'bad' has 1 'END' log\(s\) \(ids \d+\) but no 'START' log"),
-    ),
-    "two ends without start": _case(
-        [END, row("bad", "END", "2021-05-01T11:30:00")],
-        (ProblemKind.END_WITHOUT_START,
-         r"session 'bad' has 2 'END' log\(s\) \(ids \d+, \d+\) but no 'START' log"),
-    ),
-    "two starts": _case(
-        [START, row("bad", "START", "2021-05-01T10:05:00"), END],
-        (ProblemKind.MULTIPLE_STARTS, r"session 'bad' has 2 'START' logs \(ids \d+, \d+\)"),
-    ),
-    "two starts, no end": _case(
-        [START, row("bad", "START", "2021-05-01T10:05:00")],
-        (ProblemKind.END_COUNT, re.escape(f"{END_COUNT_PREFIX}len(matching_end_logs) was 0")),
-        (ProblemKind.MULTIPLE_STARTS, "session 'bad' has 2 'START' logs"),
-    ),
-    "end before start": _case(
-        [START, row("bad", "END", "2021-05-01T09:59:59")],
-        (ProblemKind.END_BEFORE_START,
-         re.escape("session 'bad' ends (2021-05-01T09:59:59) before it starts "
-                   "(2021-05-01T10:00:00)")),
-    ),
-    "end before start, both with offsets": _case(
-        [row("bad", "START", "2021-05-01T10:00:00-04:00"),
-         row("bad", "END", "2021-05-01T15:30:00+02:00")],
-        (ProblemKind.END_BEFORE_START, "ends .* before it starts"),
-    ),
-    # 10:00 naive at the Titan (New York, UTC-4) is 14:00 UTC.
-    "end before start, naive start, aware end": _case(
-        [START, row("bad", "END", "2021-05-01T13:30:00+00:00")],
-        (ProblemKind.END_BEFORE_START, "ends .* before it starts"),
-    ),
-    "end before start, aware start, naive end": _case(
-        [row("bad", "START", "2021-05-01T14:30:00+00:00"),
-         row("bad", "END", "2021-05-01T10:00:00")],
-        (ProblemKind.END_BEFORE_START, "ends .* before it starts"),
-    ),
-    # 10:00 naive at the JEOL (Denver, UTC-6) is 16:00 UTC, after 15:00 UTC.
-    "end before start in the instrument's zone": _case(
-        [row("bad", "START", "2021-05-01T10:00:00", JEOL),
-         row("bad", "END", "2021-05-01T15:00:00+00:00", JEOL)],
-        (ProblemKind.END_BEFORE_START, "ends .* before it starts"),
-    ),
-    "unknown instrument": _case(
-        [row("bad", "START", "2021-05-01T10:00:00", "GHOST-1"),
-         row("bad", "END", "2021-05-01T11:00:00", "GHOST-1")],
-        (ProblemKind.UNKNOWN_INSTRUMENT,
-         "session 'bad' is on instrument 'GHOST-1', which is not in the instruments table"),
-    ),
-    "two unknown instruments": _case(
-        [row("bad", "START", "2021-05-01T10:00:00", "GHOST-1"),
-         row("bad", "END", "2021-05-01T11:00:00", "GHOST-2")],
-        (ProblemKind.UNKNOWN_INSTRUMENT, "instrument 'GHOST-1', which is not"),
-        (ProblemKind.UNKNOWN_INSTRUMENT, "instrument 'GHOST-2', which is not"),
-    ),
-    "unknown instrument and bad timestamp": _case(
-        [row("bad", "START", "yesterday", "GHOST-1"), END],
-        (ProblemKind.UNKNOWN_INSTRUMENT, "instrument 'GHOST-1', which is not"),
-    ),
-    "different instruments": _case(
-        [START, row("bad", "END", "2021-05-01T11:00:00", QUANTA)],
-        (ProblemKind.INSTRUMENT_MISMATCH,
-         f"session 'bad' starts on '{TITAN}' but ends on '{QUANTA}'"),
-    ),
-    "unparseable start": _case(
-        [row("bad", "START", "yesterday"), END],
-        (ProblemKind.BAD_TIMESTAMP, r"log \d+ has timestamp 'yesterday', not ISO 8601"),
-    ),
-    "unparseable start and end": _case(
-        [row("bad", "START", "2021-13-01T00:00:00"), row("bad", "END", "")],
-        (ProblemKind.BAD_TIMESTAMP, "has timestamp '2021-13-01T00:00:00', not ISO 8601"),
-        (ProblemKind.BAD_TIMESTAMP, "has timestamp '', not ISO 8601"),
-    ),
-}
+#: Every kind of inconsistent session (the suite's one catalogue, in helpers),
+#: as session 'bad'.
+CASES = INCONSISTENT
 
 
 @dataclass
 class Scenario:
     """A database holding a good session, a bad one and bystanders."""
 
-    case: Case
+    case: Inconsistency
     bad_ids: list[int]  # the TO_BE_BUILT START/END logs of 'bad'
 
 
@@ -837,7 +737,7 @@ def scenario(
 ) -> Scenario:
     case = CASES[request.param]
     insert_raw(GOOD[:1])
-    bad_ids = insert_raw(case.logs)
+    bad_ids = insert_raw(case.rows("bad"))
     insert_raw([*BYSTANDERS, *GOOD[1:]])
     return Scenario(case, bad_ids)
 
@@ -853,7 +753,7 @@ def test_every_problem_kind_under_every_mode(
     problems = find_session_problems()
     assert [p.session_identifier for p in problems] == ["bad"] * len(case.kinds)
     assert [p.kind for p in problems] == case.kinds
-    for problem, pattern in zip(problems, case.details):
+    for problem, pattern in zip(problems, case.details("bad")):
         assert isinstance(problem, SessionProblem)
         assert isinstance(problem.kind, ProblemKind)
         assert re.search(pattern, problem.detail), problem.detail

@@ -22,21 +22,17 @@ any test suite can ask for:
 The PostgreSQL fixtures start one server per test session with PostgreSQL's
 own ``initdb`` and ``pg_ctl`` (found through ``pg_config --bindir`` or the
 ``PATH``; as root, they run as the ``postgres`` user), in a temporary folder,
-listening on a free loopback port, and stop it at the end. When no server can
-be started, or the ``postgres`` extra (psycopg, sqlglot) is not installed,
-they skip with the reason, unless ``NEXUSLIMS_TEST_POSTGRES=require`` (then
-they fail); ``NEXUSLIMS_TEST_POSTGRES=postgresql://...`` uses that server
-instead.
+listening on a free loopback port, and stop it at the end: the server is
+:class:`nexusLIMS.db.testing.PostgresServer`, which no run outlives, even one
+ended by Ctrl-C, SIGTERM or SIGKILL. When no server can be started, or the
+``postgres`` extra (psycopg, sqlglot) is not installed, they skip with the
+reason, unless ``NEXUSLIMS_TEST_POSTGRES=require`` (then they fail);
+``NEXUSLIMS_TEST_POSTGRES=postgresql://...`` uses that server instead.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator, Optional
@@ -52,10 +48,11 @@ from nexusLIMS.db.config import (
     test_postgres_url,
 )
 from nexusLIMS.db.connection import close_watches, connect
-from nexusLIMS.db.databases import close_pools
+from nexusLIMS.db.databases import close_databases
 from nexusLIMS.db.instruments import Instrument
 from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.schema import init_db
+from nexusLIMS.db.testing import PostgresServer, postgres_bindir
 
 __all__ = [
     "PostgresServer",
@@ -73,7 +70,8 @@ _REQUIRE = "require"
 
 def missing_postgres_extra() -> Optional[str]:
     """Return why the ``postgres`` extra cannot be used (a skip reason), or None when it can."""
-    missing = [name for name in ("psycopg", "sqlglot") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("psycopg", "psycopg_pool", "sqlglot")
+               if importlib.util.find_spec(name) is None]
     if not missing:
         return None
     from nexusLIMS import DISTRIBUTION
@@ -111,65 +109,6 @@ def nexuslims_instruments(request: pytest.FixtureRequest) -> dict[str, Instrumen
     return add_sample_instruments()
 
 
-class PostgresServer:
-    """A throwaway PostgreSQL server in a temporary folder, on a free loopback port."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.folder = Path(tempfile.mkdtemp(prefix="nexuslims-pg-"))
-        self.port = _free_port()
-        self.as_root = hasattr(os, "geteuid") and os.geteuid() == 0
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args: str) -> None:
-        command = [str(self.bindir / args[0]), *args[1:]]
-        if self.as_root:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed: {result.stderr or result.stdout}")
-
-    def start(self) -> PostgresServer:
-        """Create the cluster and start the server; return self."""
-        if self.as_root:
-            shutil.chown(self.folder, "postgres")
-        data = self.folder / "data"
-        self._run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync",
-                  "-E", "UTF8", "--locale=C")
-        settings = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} "
-                    f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                    f"-c max_connections=200")
-        self._run("pg_ctl", "-D", str(data), "-o", settings, "-l", str(self.folder / "log"),
-                  "-w", "start")
-        return self
-
-    def stop(self) -> None:
-        """Stop the server and remove its folder."""
-        try:
-            self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def postgres_bindir() -> Optional[Path]:
-    """Return the folder of PostgreSQL's server programs (``initdb``, ``pg_ctl``), if installed."""
-    try:
-        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
-                               check=True).stdout.strip()
-        if (Path(found) / "initdb").exists() or (Path(found) / "initdb.exe").exists():
-            return Path(found)
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
 @pytest.fixture(scope="session")
 def nexuslims_postgres_server() -> Iterator[str]:
     """Return the URL of a PostgreSQL server for the tests (started for the session)."""
@@ -198,8 +137,10 @@ def nexuslims_postgres_server() -> Iterator[str]:
     try:
         yield server.url
     finally:
-        close_pools()
-        server.stop()
+        try:
+            close_databases()
+        finally:
+            server.stop()
 
 
 def _on_server(server: str, statement: str) -> None:
@@ -222,7 +163,7 @@ def nexuslims_postgres_db(
     try:
         yield location
     finally:
-        close_pools()
+        close_databases()  # its pool and its watch
         _on_server(nexuslims_postgres_server, f"DROP SCHEMA {schema} CASCADE")
 
 

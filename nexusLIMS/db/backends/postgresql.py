@@ -17,7 +17,7 @@ import select
 import socket
 import threading
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -361,10 +361,10 @@ class _Server:
             self.location.target, connection_class=_Pooled, min_size=1, max_size=pool_size(),
             check=_check, name=self.location.describe(), timeout=lock_timeout(),
             max_idle=_MAX_IDLE, num_workers=1, open=False)
-        try:  # its first connection, before the first caller asks (one, not two)
+        # Its first connection, before the first caller asks (one, not two); if the
+        # server went away since the first connection, callers wait for it.
+        with suppress(PoolTimeout):
             pool.open(wait=True, timeout=lock_timeout())
-        except PoolTimeout:
-            pass  # the server went away since the first connection: callers wait for it
         with self._lock:
             existing = self._current()
             if existing is None:
