@@ -27,7 +27,7 @@ import pytest
 from helpers import TITAN
 
 from nexusLIMS.db import DatabaseConfigError, make_db_query
-from nexusLIMS.db.connection import tracing
+from nexusLIMS.db.connection import close_watches, tracing
 from nexusLIMS.db.logs import SessionLog, insert_logs
 from nexusLIMS.db.session_handler import db_query, get_sessions_to_build
 from nexusLIMS.db.sessions import Session
@@ -237,10 +237,12 @@ def test_every_failing_operation_closes_its_connection(
     with tracing(lambda *event: events.append(event)), pytest.raises(error, match=message):
         operation(nexuslims_instruments)
 
-    kinds = [kind for kind, _ in events]
+    # The change watch a database keeps for instrument look-ups is not the operation's.
+    kinds = [kind for kind, text in events if not text.endswith("(change watch)")]
     if case not in NO_CONNECTION:
         assert "open" in kinds, "the operation opened no connection"
     assert kinds.count("open") == kinds.count("close"), events
+    close_watches()  # (kept on purpose, between calls)
     if os.path.isdir("/proc/self/fd"):
         assert _open_files(nexuslims_db) == []  # closed now, not at garbage collection
     with warnings.catch_warnings(record=True) as caught:

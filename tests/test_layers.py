@@ -41,7 +41,8 @@ LAYERS: list[set[str]] = [
     {"nexusLIMS.db", "nexusLIMS.db.session_handler", "nexusLIMS.instruments"},
     {"nexusLIMS.db.cli.output", "nexusLIMS.db.cli.parsing"},
     {"nexusLIMS.db.cli.commands"},
-    {"nexusLIMS.db.cli", "nexusLIMS.db.__main__", "nexusLIMS.db.pytest_plugin"},
+    {"nexusLIMS.db.cli", "nexusLIMS.db.__main__", "nexusLIMS.db.testing"},
+    {"nexusLIMS.db.pytest_plugin"},
 ]
 #: Where the backend's name may be compared: the backends, the configuration
 #: that reads it from a URL, and the command line's presentation.

@@ -310,6 +310,11 @@ def _connect(location: DatabaseLocation, zone: str) -> _Connection:
     return raw
 
 
+def _pool_wait() -> float:
+    """Return how long to wait for a connection from the pool (0 would not even look)."""
+    return max(lock_timeout(), 1.0)
+
+
 def _check(raw: _Connection) -> None:
     """Refuse a connection broken while it was idle in the pool: no round trip (:func:`_alive`)."""
     if not _alive(raw):
@@ -359,12 +364,12 @@ class _Server:
 
         pool: ConnectionPool[_Connection] = ConnectionPool(
             self.location.target, connection_class=_Pooled, min_size=1, max_size=pool_size(),
-            check=_check, name=self.location.describe(), timeout=lock_timeout(),
+            check=_check, name=self.location.describe(), timeout=_pool_wait(),
             max_idle=_MAX_IDLE, num_workers=1, open=False)
         # Its first connection, before the first caller asks (one, not two); if the
         # server went away since the first connection, callers wait for it.
         with suppress(PoolTimeout):
-            pool.open(wait=True, timeout=lock_timeout())
+            pool.open(wait=True, timeout=_pool_wait())
         with self._lock:
             existing = self._current()
             if existing is None:
@@ -377,7 +382,7 @@ class _Server:
     def take(self, *, create: bool, foreign_keys: bool) -> Any:
         pool = self._open_pool()
         try:
-            raw = pool.getconn(timeout=lock_timeout())
+            raw = pool.getconn(timeout=_pool_wait())
         except PoolTimeout:
             reason = self.last_error or "all its connections are busy"
             raise DatabaseUnavailableError(
