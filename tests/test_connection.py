@@ -75,26 +75,16 @@ class Trace:
             depth += {"open": 1, "close": -1}.get(kind, 0)
             assert depth >= 0, self.events
         assert depth == 0, f"a connection was left open: {self.events}"
+        # Every watch opened is closed (one opened before the trace may close in it).
         watches = [(kind, text) for kind, text in self.events if text.endswith("(change watch)")]
-        assert [kind for kind, _ in watches].count("open") == \
+        assert [kind for kind, _ in watches].count("open") <= \
             [kind for kind, _ in watches].count("close"), watches
 
-    def assert_one_write_transaction(
-        self, end: str, begin: str = "BEGIN IMMEDIATE", *, after_attempt: bool = False
-    ) -> None:
-        """One connection, one ``begin`` ... ``end`` holding every write.
-
-        ``after_attempt``: first, on the same connection, the one-statement
-        insert of ``insert_log`` (which the test shows wrote nothing).
-        """
+    def assert_one_write_transaction(self, end: str, begin: str = "BEGIN IMMEDIATE") -> None:
+        """One connection, one ``begin`` ... ``end`` holding every write."""
         assert len(self.kinds("open")) == 1, self.events
         self.assert_connections_paired()
         statements = [s.strip().upper() for s in self.statements]
-        if after_attempt:
-            first = statements.index("BEGIN IMMEDIATE")
-            assert statements[first + 1].startswith("INSERT INTO SESSION_LOG"), statements
-            assert statements[first + 2] == "COMMIT", statements
-            del statements[first : first + 3]
         begins = [i for i, s in enumerate(statements) if s.startswith("BEGIN")]
         assert [statements[i] for i in begins] == [begin], statements
         ends = [i for i, s in enumerate(statements) if s in ("COMMIT", "ROLLBACK")]
@@ -731,8 +721,7 @@ def test_a_write_is_one_immediate_transaction(
     trace = Trace()
     with tracing(trace):
         write()
-    trace.assert_one_write_transaction("COMMIT", _begin(name, nexuslims_database),
-                                       after_attempt=name == "insert_log revision")
+    trace.assert_one_write_transaction("COMMIT", _begin(name, nexuslims_database))
     after = sql("SELECT * FROM instruments ORDER BY instrument_pid"), rows()
     assert after != before
     if name == "insert_log revision":  # revised in place: the attempt inserted nothing

@@ -677,27 +677,22 @@ def test_enum_and_datetime_fields_are_stored_as_text(
 # --- transactions -------------------------------------------------------------
 
 
-def test_insert_log_of_a_first_event_is_one_statement_in_one_immediate_transaction(
+def test_insert_log_is_one_immediate_transaction_whatever_it_finds(
     nexuslims_database: DatabaseLocation, nexuslims_instruments: dict[str, Instrument]
 ) -> None:
-    with _traced() as events:
-        assert log("s1", "START", "2021-05-01T10:00:00", user=None).insert_log() is True
-    assert [e for e, _ in events].count("open") == 1
-    assert [e for e, _ in events].count("close") == 1
-    assert _transactions(events) == ["BEGIN", "COMMIT"]
-    assert ("execute", "BEGIN IMMEDIATE") in events
-    assert len(_writes(events)) == 1
-    assert len(rows()) == 1
-    # The same event again: the one statement writes nothing, so a second
-    # transaction on the same connection looks closer, and writes nothing either.
-    entry = log("s1", "START", "2021-05-01T10:00:00", user=None)
-    with _traced() as events:
-        assert entry.insert_log() is True
-    assert [e for e, _ in events].count("open") == 1
-    assert _transactions(events) == ["BEGIN", "COMMIT", "BEGIN", "COMMIT"]
-    assert [text for e, text in events if text.startswith("BEGIN")] == ["BEGIN IMMEDIATE"] * 2
-    assert len(_writes(events)) == 1  # the statement that found the event there
-    assert len(rows()) == 1
+    # New, stored already, revised: one transaction (one round trip to a server),
+    # whose guarded statements write only what the event calls for.
+    for timestamp, stored in (("2021-05-01T10:00:00", 1), ("2021-05-01T10:00:00", 1),
+                              ("2021-05-01T10:05:00", 1)):
+        with _traced() as events:
+            assert log("s1", "START", timestamp, user=None).insert_log() is True
+        calls = [e for e, text in events if not text.endswith("(change watch)")]
+        assert calls.count("open") == 1
+        assert calls.count("close") == 1
+        assert _transactions(events) == ["BEGIN", "COMMIT"]
+        assert [text for e, text in events if text.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
+        assert len(rows()) == stored
+    assert rows()[0].timestamp == "2021-05-01T10:05:00"
 
 
 @pytest.fixture
@@ -709,6 +704,7 @@ def proxy(
     with RoundTripCounter(nexuslims_postgres_db.target) as counter:
         monkeypatch.setenv("nexusLIMS_db_path", counter.url)
         log("warm", "START", "2021-05-01T09:00:00").insert_log()  # connects, checks the schema
+        assert instrument_db[TITAN]  # reads the instruments, opens the change watch
         yield counter
 
 
@@ -717,11 +713,14 @@ def test_insert_log_is_one_round_trip_to_a_server(proxy: RoundTripCounter) -> No
         proxy.reset()
         assert log(f"s{number}", "START", "2021-05-01T10:00:00").insert_log() is True
         assert proxy.round_trips == 1
-    proxy.reset()
-    # An event that is there already needs a closer look: more round trips.
-    assert log("s0", "START", "2021-05-01T10:00:00").insert_log() is True
-    assert proxy.round_trips > 1
+    # An event that is there already, and a revision: one round trip too.
+    for timestamp in ("2021-05-01T10:00:00", "2021-05-01T10:30:00"):
+        proxy.reset()
+        assert log("s0", "START", timestamp).insert_log() is True
+        assert proxy.round_trips == 1
     assert len(rows()) == 4
+    assert [r.timestamp for r in rows() if r.session_identifier == "s0"] == [
+        "2021-05-01T10:30:00"]
 
 
 def test_insert_logs_takes_a_few_round_trips_whatever_the_batch(
@@ -733,9 +732,10 @@ def test_insert_logs_takes_a_few_round_trips_whatever_the_batch(
         assert insert_logs([log(f"b{size}-{n}", "START", "2021-05-01T10:00:00")
                             for n in range(size)]) == size
         counts.append(proxy.round_trips)
-    # Begin, the instruments, the stored logs of the batch, the inserts, commit;
-    # from a hundred rows the inserts are a COPY, which takes two.
-    assert counts == [5, 5, 5, 6]
+    # One to read (begun with it: the writers' lock, the stored logs of the batch;
+    # the instruments are known unchanged), one for the inserts with the commit;
+    # from a hundred rows the inserts are a COPY, which takes two, then the commit.
+    assert counts == [2, 2, 2, 4]
 
 
 def test_insert_logs_is_one_transaction_and_a_failed_one_rolls_back(
@@ -743,7 +743,7 @@ def test_insert_logs_is_one_transaction_and_a_failed_one_rolls_back(
 ) -> None:
     with _traced() as events:
         assert insert_logs(log(f"s{n}", "START", "2021-05-01T10:00:00") for n in range(50)) == 50
-    assert [e for e, _ in events].count("open") == 1
+    assert [e for e, text in events if not text.endswith("(change watch)")].count("open") == 1
     assert _transactions(events) == ["BEGIN", "COMMIT"]
     with _traced() as events, pytest.raises(ValueError, match="NOPE"):
         insert_logs([log("s1", "START", "2021-05-01T10:00:00"),

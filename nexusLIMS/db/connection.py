@@ -15,6 +15,7 @@ how the tests see the SQL and the transactions.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Optional, Union
@@ -23,6 +24,7 @@ from nexusLIMS.db.backends import Backend, Begin, backend_for, insert_statement
 from nexusLIMS.db.backends.base import Result
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database, lock_timeout
 from nexusLIMS.db.databases import Database, Version, close_watches, database_at
+from nexusLIMS.db.tables import INSTRUMENTS
 from nexusLIMS.db.trace import Tracer, active_tracers, traced
 
 __all__ = [
@@ -43,6 +45,11 @@ logger = logging.getLogger(__name__)
 Params = Union[Sequence[Any], Mapping[str, Any]]
 
 _MODES = ("DEFERRED", "WRITE", "IMMEDIATE")
+# A statement that may change the instruments table (whose rows look-ups keep).
+_CHANGES_INSTRUMENTS = re.compile(
+    rf'^\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|REPLACE\s+INTO|UPDATE|DELETE\s+FROM|TRUNCATE'
+    rf'(?:\s+TABLE)?|DROP\s+TABLE(?:\s+IF\s+EXISTS)?|ALTER\s+TABLE)\s+"?{INSTRUMENTS.name}\b',
+    re.IGNORECASE)
 
 
 def tracing(
@@ -89,6 +96,9 @@ class Connection:
         self.location: DatabaseLocation = db.location
         self._tracers = tracers
         self._timeout = timeout
+        #: Whether a statement run may have changed ``instruments``: once the
+        #: block ends, look-ups of this process read them again.
+        self.changes_instruments = False
 
     @property
     def dialect(self) -> str:
@@ -96,6 +106,8 @@ class Connection:
         return self.backend.name
 
     def _trace(self, event: str, text: str) -> None:
+        if _CHANGES_INSTRUMENTS.match(text):
+            self.changes_instruments = True
         for tracer in self._tracers:
             tracer(event, text)
 
@@ -123,6 +135,23 @@ class Connection:
         self._trace("executemany", sql)
         with self._translating(sql):
             self.backend.executemany(self.raw, sql, rows)
+
+    def queue(self, sql: str, params: Params = ()) -> None:
+        """Run a statement whose result is not needed; a server gets it with the next one.
+
+        Its errors show at the next statement (or the commit) that reaches the server.
+        """
+        self._trace("execute", sql)
+        with self._translating(sql):
+            self.backend.queue(self.raw, sql, params, False)
+
+    def queue_many(self, sql: str, rows: Sequence[Params]) -> None:
+        """:meth:`queue` one statement for each row of ``rows``."""
+        if not rows:
+            return
+        self._trace("executemany", sql)
+        with self._translating(sql):
+            self.backend.queue(self.raw, sql, rows, True)
 
     def insert_rows(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -216,8 +245,10 @@ class Connection:
         return self.backend.in_transaction(self.raw)
 
     def commit(self) -> None:
-        """Commit the open transaction."""
-        self.execute("COMMIT")
+        """Commit the open transaction (a server gets what is queued with it)."""
+        self._trace("execute", "COMMIT")
+        with self._translating():
+            self.backend.commit(self.raw)
 
     def rollback(self) -> None:
         """Roll the open transaction back."""
@@ -296,6 +327,8 @@ def connect(
         raise
     finally:
         db.give(conn.raw)
+        if conn.changes_instruments:
+            db.changed()
         for tracer in tracers:
             tracer("close", described)
 

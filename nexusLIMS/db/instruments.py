@@ -42,6 +42,7 @@ __all__ = [
     "remove_instrument",
     "validate_timezone",
     "write_instrument",
+    "zone_named",
 ]
 
 # The name NexusLIMS 1.4 logged under (a facility's logging setup uses it).
@@ -123,7 +124,7 @@ class Instrument:
         self.computer_mount = computer_mount
         self.harvester = harvester
         self.timezone: Optional[tzinfo] = (
-            pytz.timezone(timezone) if isinstance(timezone, str) else timezone
+            zone_named(timezone) if isinstance(timezone, str) else timezone
         )
 
     def __repr__(self) -> str:
@@ -176,6 +177,17 @@ class Instrument:
         }
         row["timezone"] = None if self.timezone is None else str(self.timezone)
         return row
+
+
+def zone_named(name: str) -> tzinfo:
+    """Return the ``pytz`` zone called ``name`` (as an instrument's ``timezone`` becomes).
+
+    Raises
+    ------
+    pytz.UnknownTimeZoneError
+        No zone has that name.
+    """
+    return pytz.timezone(name)
 
 
 def _instrument(row: Row) -> Instrument:
@@ -449,7 +461,6 @@ def add_instrument(instrument: Instrument, database: Optional[DatabaseRef] = Non
     """
     with transaction(database, begin="IMMEDIATE") as conn:
         write_instrument(conn, instrument)
-    conn.database.changed()  # seen by the next look-up at once
     logger.info("Added instrument %s", instrument.name)
 
 
@@ -504,7 +515,6 @@ def edit_instrument(
             raise ValueError(f"Cannot edit instrument {pid!r}: {'; '.join(conflicts)}")
         conn.execute(queries.update_instrument(tuple(new_row)), (*new_row.values(), pid))
         edited = read_instruments(conn)[new_pid]
-    conn.database.changed()  # seen by the next look-up at once
     logger.info("Edited instrument %s%s", pid, f" (now {new_pid})" if new_pid != pid else "")
     return edited
 
@@ -529,5 +539,4 @@ def remove_instrument(pid: str, database: Optional[DatabaseRef] = None) -> None:
                 f"(nexuslims-db instruments edit PID --new-pid NEW) if it was replaced"
             )
         conn.execute(queries.DELETE_INSTRUMENT, (pid,))
-    conn.database.changed()  # seen by the next look-up at once
     logger.info("Removed instrument %s", pid)

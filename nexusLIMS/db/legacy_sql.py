@@ -49,7 +49,4 @@ def run_legacy_sql(
     """
     with transaction(begin=None, require_tables=False) as conn:
         cursor = conn.execute(conn.backend.from_sqlite_sql(query), _params(args))
-        rows = [tuple(row) for row in cursor.fetchall()] if cursor.description else None
-    if rows is None:  # a write (of instruments, maybe): the next look-up reads them again
-        conn.database.changed()
-    return rows or []
+        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []

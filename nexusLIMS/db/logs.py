@@ -24,14 +24,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Optional, Union
+from datetime import datetime, tzinfo
+from typing import Any, Optional, Union
 
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseRef
 from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.enums import WAITING_STATUSES, EventType, ProblemKind, RecordStatus, coerce
-from nexusLIMS.db.instruments import Instrument, read_instruments
+from nexusLIMS.db.instruments import (
+    read_instruments,
+    reading_instruments,
+    zone_named,
+)
 from nexusLIMS.db.pairing import pair_problems
 from nexusLIMS.db.schema import (
     SESSION_CLAIMS,
@@ -135,15 +139,71 @@ class SessionLog:
             valid; nothing is written.
         """
         logger.debug("Logging %s for %s", self.event_type, self.session_identifier)
-        row = _checked_row(self)
-        with transaction(begin=None) as conn:
-            # Usually the first log of its event: one statement, one round trip.
-            if conn.write_alone(queries.INSERT_IF_FIRST, (*row[1:], row.instrument,
-                                                          *row[1:3], row.event_type)):
-                return True
-            conn.begin("IMMEDIATE")
-            write_logs(conn, [self])
+        _write_one(_checked_row(self), self)
         return True
+
+
+def _write_one(row: StoredLog, log: SessionLog) -> None:
+    """Write one log as :func:`write_logs` would, in one round trip to a server.
+
+    One transaction reads the log's event as stored and, in the same batch,
+    inserts the log if it is the first of its event, revises the current
+    waiting log if the log's text or user differs, or keeps a late revision.
+    The rules (:func:`_decide`) then judge what was read: a log that names the
+    same instant in other words (a duplicate) undoes what the batch did, in a
+    second round trip; anything else the batch cannot write (a second
+    RECORD_GENERATION, say) is written as :func:`write_logs` writes it.
+    """
+    identity = (row.session_identifier, row.instrument, row.event_type)
+    revisable = row.event_type in (EventType.START, EventType.END)
+    received = utc_text(utc_now())
+    with transaction(begin=None) as conn:
+        keeps_revisions = has_table(conn, SESSION_REVISIONS.name)
+        statements: list[tuple[str, Any]] = [
+            (queries.INSTRUMENT_ZONE, (row.instrument,)),
+            (queries.LOGS_OF_EVENT + conn.backend.lock_rows, identity),
+            (queries.INSERT_IF_FIRST, (*row[1:], row.instrument, *identity))]
+        if revisable:
+            statements.append((queries.REVISE_CURRENT, (
+                row.timestamp, row.user, *identity, row.timestamp, row.user, row.instrument)))
+            if keeps_revisions:
+                statements.append((queries.KEEP_LATE_REVISION, (
+                    row.timestamp, row.user, received, *identity, *identity, row.timestamp,
+                    row.user, row.timestamp, row.user, row.instrument)))
+        results = conn.write_batch(statements, mode="IMMEDIATE")
+        zones, stored = results[0][0] or [], [StoredLog(*found) for found in results[1][0] or ()]
+        if not zones:  # nothing was written: no such instrument
+            require_instrument(row.instrument, read_instruments(conn), log)
+        inserted, revised = results[2][1], (results[3][1] if revisable else 0)
+        late_kept = results[4][1] if revisable and keeps_revisions else 0
+        kind, old = _decide(row, stored, zone_named(zones[0][0]))
+        if kind == "insert" and not inserted:  # what the batch cannot do
+            write_logs(_began(conn), [log])
+        elif kind == "duplicate":
+            undo: list[tuple[str, Any]] = []
+            current = _newest([s for s in stored if s.record_status in WAITING_STATUSES]
+                              or stored) if stored else None
+            if revised and current is not None:  # the same instant, spelled otherwise
+                undo.append((queries.UNREVISE_LOG, (current.timestamp, current.user,
+                                                    current.id_session_log, row.timestamp)))
+            if late_kept and current is not None:
+                undo.append((queries.DROP_REVISION, (current.id_session_log, row.timestamp,
+                                                     received)))
+            if undo:
+                conn.write_batch(undo, mode="IMMEDIATE")
+            _warn_duplicate(row)
+        elif kind == "revise":
+            assert old is not None
+            _revise(old, row)
+        elif kind == "late":
+            assert old is not None
+            _warn_late(old, row)
+
+
+def _began(conn: Connection) -> Connection:
+    """Begin a writers' transaction on ``conn`` (outside one) and return it."""
+    conn.begin("IMMEDIATE")
+    return conn
 
 
 @dataclass
@@ -174,15 +234,16 @@ def _as_list(logs: object) -> list[SessionLog]:
     return list(logs)
 
 
-def _validated_row(log: SessionLog, instruments: dict[str, Instrument]) -> StoredLog:
-    """Return the row to write for ``log`` (id 0); raise ValueError naming the log."""
-    row = _checked_row(log)
-    require_instrument(log.instrument, instruments, log)
-    return row
-
-
 def _checked_row(log: SessionLog) -> StoredLog:
-    """:func:`_validated_row` but for the instrument, which the database knows."""
+    """Return the row to write for ``log`` (id 0), checked but for its instrument.
+
+    Raises
+    ------
+    ValueError
+        Naming the log and what is wrong with it.
+    TypeError
+        ``log`` is not a :class:`SessionLog`.
+    """
     if not isinstance(log, SessionLog):
         raise TypeError(f"Expected a SessionLog, got {type(log).__name__}: {log!r}")
     try:
@@ -221,48 +282,99 @@ def _newest(logs: list[StoredLog]) -> StoredLog:
     return max(logs, key=lambda log: log.id_session_log or float("inf"))
 
 
+def _decide(
+    row: StoredLog, known: list[StoredLog], zone: Optional[tzinfo]
+) -> tuple[str, Optional[StoredLog]]:
+    """Return what writing ``row`` does, given the stored logs of its event: the rules, once.
+
+    ``("duplicate", None)``: the same event is stored; ``("insert", None)``;
+    ``("revise", old)``: ``old``, waiting for its record, gets the new time
+    and user; ``("late", old)``: the session's record was built already.
+
+    A START or END is compared with the session's current log of its event
+    (the newest waiting one, else the newest): one that equals a superseded
+    log (an ERROR a repair left, say) is a revision, reverting a correction.
+    Any other event is the same as any stored one.
+    """
+    revisable = row.event_type in (EventType.START, EventType.END)
+    waiting = [old for old in known if old.record_status in WAITING_STATUSES]
+    compared = ([_newest(waiting or known)] if known else []) if revisable else known
+    if any(old.user == row.user and same_instant(old.timestamp, row.timestamp, zone)
+           for old in compared):
+        return "duplicate", None
+    if not revisable or not known:
+        return "insert", None
+    if waiting:
+        return "revise", _newest(waiting)
+    return "late", _newest(known)
+
+
 def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
     """Write ``logs`` in the open write (IMMEDIATE) transaction; see the module docs.
 
     Every log is validated before anything is written: one bad log rejects
     the whole batch with a ``ValueError`` naming it (``TypeError`` for an
-    item that is not a :class:`SessionLog`).
+    item that is not a :class:`SessionLog`). On a server: one round trip
+    reads what the decisions need; the writes go with the commit (or a COPY).
     """
     batch = _as_list(logs)
     result = WriteResult()
     if not batch:
         return result
-    instruments = read_instruments(conn)
-    rows = [_validated_row(log, instruments) for log in batch]
-    # The stored logs of the batch's sessions, by (identifier, instrument, event),
-    # locked: an outcome recorded meanwhile would make a revision late.
+    # Every log checked before anything is read (a NUL is no text a server takes);
+    # the instruments, once read, in the same order, so the first bad log is named.
+    checked: list[StoredLog] = []
+    refused: Optional[Exception] = None
+    for log in batch:
+        try:
+            checked.append(_checked_row(log))
+        except (TypeError, ValueError) as exc:
+            refused = exc
+            break
+    identifiers = list(dict.fromkeys(row.session_identifier for row in checked))
+    # The instruments (unless known unchanged), the stored logs of the batch's
+    # sessions (locked: an outcome recorded meanwhile would make a revision
+    # late), and the revisions kept of them.
+    instruments, from_rows = reading_instruments(conn)
+    reads: list[tuple[str, Any]] = [] if instruments is not None \
+        else [(queries.INSTRUMENT_ROWS, ())]
+    conditions = conn.backend.in_values("session_identifier", identifiers)
+    reads += [(queries.select_logs(condition) + conn.backend.lock_rows, params)
+              for condition, params in conditions]
+    keeps_revisions = has_table(conn, SESSION_REVISIONS.name)
+    if keeps_revisions:
+        reads += [(queries.revisions_where(condition), params)
+                  for condition, params in conditions]
+    results = conn.read_batch(reads) if reads else []
+    if instruments is None:
+        instruments = from_rows(results.pop(0))
+    for row, log in zip(checked, batch):
+        require_instrument(row.instrument, instruments, log)
+    if refused is not None:
+        raise refused
+    rows = checked
     by_event: dict[tuple[str, str, str], list[StoredLog]] = {}
-    identifiers = list(dict.fromkeys(row.session_identifier for row in rows))
-    for stored in logs_of(conn, identifiers, lock=True):
-        by_event.setdefault((*stored[1:3], stored.event_type), []).append(stored)
+    for found in results[:len(conditions)]:
+        for stored in map(StoredLog._make, found):
+            by_event.setdefault((*stored[1:3], stored.event_type), []).append(stored)
+    kept: dict[int, set[tuple[str, Optional[str]]]] = {}
+    for found in results[len(conditions):]:
+        for log_id, revised, user in found:
+            kept.setdefault(log_id, set()).add((revised, user))
     inserts: list[StoredLog] = []
     updates: dict[int, tuple[str, Optional[str]]] = {}
     late: list[tuple[StoredLog, StoredLog]] = []
     for row in rows:
-        zone = instruments[row.instrument].timezone
         known = by_event.setdefault((*row[1:3], row.event_type), [])
-        revisable = row.event_type in (EventType.START, EventType.END)
-        waiting = [old for old in known if old.record_status in WAITING_STATUSES]
-        # A START or END is compared with the session's current log of its event
-        # (the newest waiting one, else the newest): one that equals a superseded
-        # log (an ERROR a repair left, say) is a revision, reverting a correction.
-        # Any other event is the same as any stored one.
-        compared = ([_newest(waiting or known)] if known else []) if revisable else known
-        if any(old.user == row.user and same_instant(old.timestamp, row.timestamp, zone)
-               for old in compared):
+        kind, old = _decide(row, known, instruments[row.instrument].timezone)
+        if kind == "duplicate":
             result.duplicates += 1
-            logger.warning("SessionLog already existed in DB, so no row was added: %s",
-                           describe_log(row))
-        elif not revisable or not known:
+            _warn_duplicate(row)
+        elif kind == "insert":
             known.append(row)
             inserts.append(row)
-        elif waiting:
-            old = _newest(waiting)
+        elif kind == "revise":
+            assert old is not None
             new = old._replace(timestamp=row.timestamp, user=row.user)
             known[known.index(old)] = new
             if old.id_session_log:
@@ -272,14 +384,19 @@ def write_logs(conn: Connection, logs: Iterable[SessionLog]) -> WriteResult:
             _revise(old, row)
             result.revised += 1
         else:
-            late.append((_newest(known), row))
+            assert old is not None
+            late.append((old, row))
     conn.insert_rows(SESSION_LOG.name, queries.WRITTEN_LOG_COLUMNS,
                      [row[1:] for row in inserts])
-    conn.executemany(queries.REVISE_LOG, [(timestamp, user, log_id)
-                                          for log_id, (timestamp, user) in updates.items()])
+    conn.queue_many(queries.REVISE_LOG, [(timestamp, user, log_id)
+                                         for log_id, (timestamp, user) in updates.items()])
     result.inserted = len(inserts)
-    result.late_revisions = _keep_late_revisions(conn, late)
+    result.late_revisions = _keep_late_revisions(conn, late, kept if keeps_revisions else None)
     return result
+
+
+def _warn_duplicate(row: StoredLog) -> None:
+    logger.warning("SessionLog already existed in DB, so no row was added: %s", describe_log(row))
 
 
 def _change(old: StoredLog, new: StoredLog) -> str:
@@ -296,21 +413,30 @@ def _revise(old: StoredLog, new: StoredLog) -> None:
                 new.session_identifier, new.instrument, changed, old.id_session_log or "new")
 
 
-def _keep_late_revisions(conn: Connection, late: list[tuple[StoredLog, StoredLog]]) -> int:
-    """Warn about revisions of built sessions and keep them for ``check``; return how many."""
-    if not late:
-        return 0
-    keep = has_table(conn, SESSION_REVISIONS.name)
+def _warn_late(old: StoredLog, new: StoredLog) -> None:
+    logger.warning(
+        "Session %s on %s was revised after its record was built (status %s): %s; "
+        "nothing was changed (see 'nexuslims-db check')",
+        new.session_identifier, new.instrument, old.record_status, _change(old, new))
+
+
+def _keep_late_revisions(
+    conn: Connection, late: list[tuple[StoredLog, StoredLog]],
+    kept: Optional[dict[int, set[tuple[str, Optional[str]]]]],
+) -> int:
+    """Warn about revisions of built sessions and keep them for ``check``; return how many.
+
+    ``kept``: the revisions kept already, by log id (None: the database keeps none).
+    """
     received = utc_text(utc_now())
     for old, new in late:
-        logger.warning(
-            "Session %s on %s was revised after its record was built (status %s): %s; "
-            "nothing was changed (see 'nexuslims-db check')",
-            new.session_identifier, new.instrument, old.record_status, _change(old, new))
-        kept = conn.fetchall(queries.REVISIONS_OF_LOG, (old.id_session_log,)) if keep \
-            else [(new.timestamp, new.user)]
-        if (new.timestamp, new.user) not in kept:
-            conn.execute(queries.INSERT_REVISION, (
+        _warn_late(old, new)
+        if kept is None:
+            continue
+        known = kept.setdefault(old.id_session_log, set())
+        if (new.timestamp, new.user) not in known:
+            known.add((new.timestamp, new.user))
+            conn.queue(queries.INSERT_REVISION, (
                 old.id_session_log, new.session_identifier, new.instrument, new.event_type,
                 old.timestamp, new.timestamp, new.user, received))
     return len(late)

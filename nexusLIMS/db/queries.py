@@ -25,6 +25,7 @@ _TBB = RecordStatus.TO_BE_BUILT.value
 _WAITING_FOR_END = RecordStatus.WAITING_FOR_END.value
 
 _LOG = SESSION_LOG.name
+_WAITING = f"record_status IN ('{_TBB}', '{_WAITING_FOR_END}')"
 _INSTRUMENTS = INSTRUMENTS.name
 _CLAIMS = SESSION_CLAIMS.name
 _REVISIONS = SESSION_REVISIONS.name
@@ -100,6 +101,45 @@ INSERT_IF_FIRST = (
     f"AND NOT EXISTS (SELECT 1 FROM {_LOG} WHERE session_identifier = ? "
     f"AND instrument = ? AND event_type = ?)"
 )
+# --- one START or END, in one round trip (see SessionLog.insert_log) ------------------
+#
+# Parameters of each: the written columns' values, then as each says. The
+# newest waiting log of the event is the current one (else the newest).
+_OF_EVENT = "session_identifier = ? AND instrument = ? AND event_type = ?"
+_KNOWN_INSTRUMENT = f"EXISTS (SELECT 1 FROM {_INSTRUMENTS} WHERE instrument_pid = ?)"
+#: The instrument's time zone (no row: unknown instrument).
+INSTRUMENT_ZONE = f"SELECT timezone FROM {_INSTRUMENTS} WHERE instrument_pid = ?"
+#: The logs of one event of a session (to lock them, append ``lock_rows``).
+LOGS_OF_EVENT = select_logs(f"{_OF_EVENT} ORDER BY id_session_log")
+#: Revise the current waiting log of the event, if it differs (parameters: new
+#: time, new user; identifier, instrument, event; new time, new user; instrument).
+REVISE_CURRENT = (
+    f"UPDATE {_LOG} SET timestamp = ?, {quote('user')} = ? WHERE id_session_log = ("
+    f"SELECT max(id_session_log) FROM {_LOG} WHERE {_OF_EVENT} AND {_WAITING}) "
+    f"AND (timestamp <> ? OR coalesce({quote('user')}, '') <> coalesce(?, '')) "
+    f"AND {_KNOWN_INSTRUMENT}"
+)
+#: Keep a revision of a session no longer waiting, once (parameters: new time,
+#: new user, received at; identifier, instrument, event, twice; new time, new
+#: user, twice; instrument).
+KEEP_LATE_REVISION = (
+    f"INSERT INTO {_REVISIONS} (log_id, session_identifier, instrument, event_type, "
+    f"stored_timestamp, revised_timestamp, revised_user, received_at) "
+    f"SELECT l.id_session_log, l.session_identifier, l.instrument, l.event_type, l.timestamp, "
+    f"?, ?, ? FROM {_LOG} AS l WHERE l.id_session_log = (SELECT max(id_session_log) "
+    f"FROM {_LOG} WHERE {_OF_EVENT}) AND NOT EXISTS (SELECT 1 FROM {_LOG} WHERE {_OF_EVENT} "
+    f"AND {_WAITING}) AND (l.timestamp <> ? OR coalesce(l.{quote('user')}, '') <> "
+    f"coalesce(?, '')) AND NOT EXISTS (SELECT 1 FROM {_REVISIONS} AS r "
+    f"WHERE r.log_id = l.id_session_log AND r.revised_timestamp = ? "
+    f"AND coalesce(r.revised_user, '') = coalesce(?, '')) AND {_KNOWN_INSTRUMENT}"
+)
+#: Undo a revision of one log (parameters: the old time and user, the id, the new time).
+UNREVISE_LOG = (f"UPDATE {_LOG} SET timestamp = ?, {quote('user')} = ? "
+                f"WHERE id_session_log = ? AND timestamp = ?")
+#: Drop a revision kept by mistake (parameters: log id, revised time, received at).
+DROP_REVISION = (f"DELETE FROM {_REVISIONS} WHERE log_id = ? AND revised_timestamp = ? "
+                 f"AND received_at = ?")
+
 #: A RECORD_GENERATION log (its status is the column's default).
 INSERT_RECORD_GENERATION = (
     f"INSERT INTO {_LOG} (instrument, event_type, session_identifier, {quote('user')}, "
@@ -116,7 +156,6 @@ SET_SESSION_STATUS = f"UPDATE {_LOG} SET record_status = ? WHERE session_identif
 # may have changed them meanwhile (the harvester revises a waiting log in
 # place). The waiting START/END of session ``?`` that differ from what was
 # handed (parameters: the START's text, its user, the END's text):
-_WAITING = f"record_status IN ('{_TBB}', '{_WAITING_FOR_END}')"
 _DIFFERS_FROM_HANDED = (
     f"session_identifier = ? AND {_WAITING} AND ((event_type = '{_START}' AND "
     f"(timestamp <> ? OR coalesce({quote('user')}, '') <> coalesce(?, ''))) "
@@ -256,8 +295,13 @@ SETTLE_REVISIONS = (
     f"AND l.timestamp = {_REVISIONS}.revised_timestamp "
     f"AND coalesce(l.{quote('user')}, '') = coalesce({_REVISIONS}.revised_user, ''))"
 )
-#: The revisions kept for one log.
-REVISIONS_OF_LOG = f"SELECT revised_timestamp, revised_user FROM {_REVISIONS} WHERE log_id = ?"
+
+
+def revisions_where(condition: str) -> str:
+    """Return ``(log_id, revised_timestamp, revised_user)`` of the revisions where ``condition``."""
+    return f"SELECT log_id, revised_timestamp, revised_user FROM {_REVISIONS} WHERE {condition}"
+
+
 #: Keep a revision that arrived after the session's record was built.
 INSERT_REVISION = insert(SESSION_REVISIONS, SESSION_REVISIONS.column_names[1:])
 #: The revisions kept, with the status, time and user of the log each revises,

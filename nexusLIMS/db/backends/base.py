@@ -83,6 +83,14 @@ class Backend(Protocol):
     def execute(self, raw: Any, sql: str, params: Any, timeout: float) -> Any:
         """Run one statement and return the driver cursor."""
 
+    def queue(self, raw: Any, sql: str, params: Any, many: bool) -> None:
+        """Run a statement whose result nobody reads, now or with the next one that is read.
+
+        ``many``: run it for every row of ``params``. A server gets it in the
+        same round trip as the next statement (or the COMMIT); its errors
+        show there.
+        """
+
     def write_alone(
         self, raw: Any, sql: str, params: Any, mode: str, timeout: float
     ) -> tuple[str, int]:
@@ -138,6 +146,9 @@ class Backend(Protocol):
 
     def in_transaction(self, raw: Any) -> bool:
         """Whether a transaction is open on the raw connection."""
+
+    def commit(self, raw: Any) -> None:
+        """Commit the open transaction."""
 
     def rollback(self, raw: Any) -> None:
         """Roll the open transaction back."""

@@ -124,6 +124,10 @@ def _begin_statements(mode: str, timeout: float) -> list[str]:
     return statements
 
 
+# What the statements that begin a transaction start with.
+_BEGIN_WORDS = ("BEGIN", "SET LOCAL lock_timeout", "SELECT pg_advisory_xact_lock")
+
+
 def _traced_begin(mode: str) -> str:
     # In SQLite's words: IMMEDIATE is a transaction holding the writers' lock.
     return {"IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN DEFERRED"}.get(mode, "BEGIN")
@@ -222,6 +226,34 @@ class _Connection(psycopg.Connection[Any]):
     was_cut: bool = False
     #: The pool that handed the connection out (while it is out).
     pool: Optional[ConnectionPool[Any]] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Statements that need no answer yet, sent with the next one that does:
+        #: ``(sql, params, many)`` (a transaction's BEGIN, writes whose results
+        #: nobody reads). Nothing is sent for a transaction that ran nothing.
+        self.pending: list[tuple[str, Any, bool]] = []
+        #: Whether a transaction was begun (perhaps not yet sent) and not ended.
+        self.begun = False
+
+    def send(self, statements: Sequence[tuple[str, Any, bool]]) -> list[Any]:
+        """Send what is pending and ``statements`` in one round trip; return their cursors."""
+        pending, self.pending = self.pending, []
+        if not pending and len(statements) == 1 and not statements[0][2]:
+            sql, params, _ = statements[0]
+            return [self.execute(sql, params)]
+        with self.pipeline():
+            for sql, params, many in pending:
+                self._send(sql, params, many)
+            cursors = [self._send(sql, params, many) for sql, params, many in statements]
+        return cursors
+
+    def _send(self, sql: str, params: Any, many: bool) -> Any:
+        if not many:
+            return self.execute(sql, params)
+        cursor = self.cursor()
+        cursor.executemany(sql, params)
+        return cursor
 
     def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         """Wait for the server as psycopg does, for at most :attr:`limit` seconds."""
@@ -438,8 +470,13 @@ class _Listener:
         self.raw.close()
 
 
-def _scalar(raw: Any, sql: str, params: Sequence[Any] = ()) -> Any:
-    row = raw.execute(sql, params).fetchone()
+def _run(raw: _Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """Run one statement of psycopg's own SQL (with what is pending); return its cursor."""
+    return raw.send([(sql, params, False)])[0]
+
+
+def _scalar(raw: _Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    row = _run(raw, sql, params).fetchone()
     return None if row is None else row[0]
 
 
@@ -494,12 +531,17 @@ class _PostgreSQL:
         return listener.version
 
     def begin(self, raw: Any, mode: str, timeout: float) -> str:
-        raw.execute("; ".join(_begin_statements(mode, timeout)))  # one round trip
+        # Sent with the transaction's first statement: no round trip of its own.
+        raw.pending.extend((statement, (), False) for statement in _begin_statements(mode, timeout))
+        raw.begun = True
         return _traced_begin(mode)
 
     def execute(self, raw: Any, sql: str, params: Any, timeout: float) -> Any:
         # Always with a params object (maybe empty), so that psycopg turns %% back into %.
-        return raw.execute(native_sql(sql), params if params is not None else ())
+        return _run(raw, native_sql(sql), params if params is not None else ())
+
+    def queue(self, raw: Any, sql: str, params: Any, many: bool) -> None:
+        raw.pending.append((native_sql(sql), params if params is not None else (), many))
 
     def write_alone(
         self, raw: Any, sql: str, params: Any, mode: str, timeout: float
@@ -510,13 +552,12 @@ class _PostgreSQL:
     def write_batch(
         self, raw: Any, statements: Sequence[tuple[str, Any]], mode: str, timeout: float
     ) -> tuple[str, list[Result]]:
-        # A pipeline sends every statement, then waits once: one round trip.
-        with raw.pipeline():
-            for statement in _begin_statements(mode, timeout):
-                raw.execute(statement)
-            cursors = [raw.execute(native_sql(sql), params if params is not None else ())
-                       for sql, params in statements]
-            raw.execute("COMMIT")
+        # Every statement sent, then one wait: one round trip.
+        cursors = raw.send([
+            *((statement, (), False) for statement in _begin_statements(mode, timeout)),
+            *((native_sql(sql), params if params is not None else (), False)
+              for sql, params in statements),
+            ("COMMIT", (), False)])[len(_begin_statements(mode, timeout)):-1]
         return _traced_begin(mode), [
             (cursor.fetchall() if cursor.description else None, int(cursor.rowcount))
             for cursor in cursors]
@@ -525,26 +566,28 @@ class _PostgreSQL:
         self, raw: Any, statements: Sequence[tuple[str, Any]], timeout: float
     ) -> tuple[list[str], list[list[tuple[Any, ...]]]]:
         snapshot = len(statements) > 1 and not self.in_transaction(raw)
-        with raw.pipeline():  # every query sent, then one wait: one round trip
-            if snapshot:
-                raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            cursors = [raw.execute(native_sql(sql), params if params is not None else ())
-                       for sql, params in statements]
-            if snapshot:
-                raw.execute("COMMIT")
+        queries = [(native_sql(sql), params if params is not None else (), False)
+                   for sql, params in statements]
+        if snapshot:  # one snapshot for them all
+            queries = [("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", (), False), *queries,
+                       ("COMMIT", (), False)]
+        cursors = raw.send(queries)
+        if snapshot:
+            cursors = cursors[1:-1]
         return (["BEGIN DEFERRED", "COMMIT"] if snapshot else []), [
             cursor.fetchall() for cursor in cursors]
 
     def executemany(self, raw: Any, sql: str, rows: Sequence[Any]) -> None:
-        with raw.cursor() as cursor:
-            cursor.executemany(native_sql(sql), rows)
+        raw.send([(native_sql(sql), rows, True)])
 
     def insert_rows(
         self, raw: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
-        if len(rows) < _COPY_FROM:
-            self.executemany(raw, insert_statement(table, columns), rows)
+        if len(rows) < _COPY_FROM:  # sent with the next statement, or the commit
+            self.queue(raw, insert_statement(table, columns), rows, True)
             return
+        if raw.pending:  # (a COPY cannot be in a pipeline)
+            raw.send([])
         # COPY: one stream of rows, checked as INSERTs are, at a fraction of their cost.
         with raw.cursor() as cursor, \
                 cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
@@ -552,7 +595,7 @@ class _PostgreSQL:
                 copy.write_row(row)
 
     def insert_id(self, raw: Any, sql: str, params: Any, key: str, timeout: float) -> int:
-        row = raw.execute(native_sql(f"{sql} RETURNING {key}"), params).fetchone()
+        row = _run(raw, native_sql(f"{sql} RETURNING {key}"), params).fetchone()
         return int(row[0])
 
     def in_values(self, column: str, values: Sequence[Any]) -> list[tuple[str, Sequence[Any]]]:
@@ -560,10 +603,22 @@ class _PostgreSQL:
         return [(f"{column} = ANY(?)", (list(values),))] if values else []
 
     def in_transaction(self, raw: Any) -> bool:
-        return bool(raw.info.transaction_status != TransactionStatus.IDLE)
+        return bool(raw.begun or raw.info.transaction_status != TransactionStatus.IDLE)
+
+    def commit(self, raw: Any) -> None:
+        self._end(raw, "COMMIT")
 
     def rollback(self, raw: Any) -> None:
-        raw.execute("ROLLBACK")
+        self._end(raw, "ROLLBACK")
+
+    def _end(self, raw: Any, statement: str) -> None:
+        raw.begun = False
+        if raw.info.transaction_status == TransactionStatus.IDLE and (
+                statement == "ROLLBACK" or all(sql.startswith(_BEGIN_WORDS)
+                                               for sql, _, _ in raw.pending)):
+            raw.pending.clear()  # nothing of it reached the server: nothing to end
+            return
+        _run(raw, statement)
 
     def translate(
         self, exc: BaseException, location: DatabaseLocation, statement: str = ""
@@ -588,16 +643,16 @@ class _PostgreSQL:
     # --- the catalogue ---------------------------------------------------------
 
     def table_names(self, raw: Any) -> set[str]:
-        return {name for (name,) in raw.execute(
+        return {name for (name,) in _run(raw,
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()}
 
     def column_names(self, raw: Any, table: str) -> list[str]:
-        return [name for (name,) in raw.execute(
+        return [name for (name,) in _run(raw,
             "SELECT column_name FROM information_schema.columns WHERE table_schema = "
             "current_schema() AND table_name = %s ORDER BY ordinal_position", (table,)).fetchall()]
 
     def index_names(self, raw: Any, table: str) -> set[str]:
-        return {name for (name,) in raw.execute(
+        return {name for (name,) in _run(raw,
             "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
             "AND tablename = %s AND indexname NOT IN (SELECT conname FROM pg_constraint "
             "WHERE conrelid = to_regclass(%s))", (table, table)).fetchall()}
@@ -614,11 +669,11 @@ class _PostgreSQL:
         sequence = _scalar(raw, "SELECT pg_get_serial_sequence(%s, %s)", (table, column))
         if sequence is None:
             return None
-        row = raw.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
+        row = _run(raw, f"SELECT last_value, is_called FROM {sequence}").fetchone()
         return None if row is None or not row[1] else int(row[0])
 
     def set_id_counter(self, raw: Any, table: str, column: str, value: int) -> None:
-        raw.execute("SELECT setval(pg_get_serial_sequence(%s, %s), %s, %s)",
+        _run(raw, "SELECT setval(pg_get_serial_sequence(%s, %s), %s, %s)",
                     (table, column, max(int(value), 1), int(value) >= 1))
 
     def schema_version(self, raw: Any) -> int:
@@ -629,9 +684,9 @@ class _PostgreSQL:
 
     def set_schema_version(self, raw: Any, version: int) -> None:
         create, insert = POSTGRESQL_DDL.version_statements(version)
-        raw.execute(create)
-        raw.execute(f"DELETE FROM {POSTGRESQL_DDL.version_table}")
-        raw.execute(insert)
+        _run(raw, create)
+        _run(raw, f"DELETE FROM {POSTGRESQL_DDL.version_table}")
+        _run(raw, insert)
 
     def size(self, raw: Any, location: DatabaseLocation) -> Optional[int]:
         size = _scalar(raw, "SELECT pg_database_size(current_database())")
@@ -647,18 +702,18 @@ class _PostgreSQL:
 
     def apply_constraints(self, raw: Any, table: Table, known_indexes: set[str]) -> None:
         # PostgreSQL changes constraints in place; the indexes stay.
-        names = [name for (name,) in raw.execute(
+        names = [name for (name,) in _run(raw,
             "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) "
             "AND contype IN ('c', 'f')", (table.name,)).fetchall()]
         for name in names:
-            raw.execute(f"ALTER TABLE {table.name} DROP CONSTRAINT {quote(name)}")
+            _run(raw, f"ALTER TABLE {table.name} DROP CONSTRAINT {quote(name)}")
         for column in table.columns:
             if column.allowed:
-                raw.execute(f"ALTER TABLE {table.name} ADD CONSTRAINT "
+                _run(raw, f"ALTER TABLE {table.name} ADD CONSTRAINT "
                             f"{table.name}_{column.name}_check {POSTGRESQL_DDL.check(column)}")
             if column.references:
                 # NOT VALID keeps rows whose instrument is gone, as SQLite does.
-                raw.execute(f"ALTER TABLE {table.name} ADD CONSTRAINT "
+                _run(raw, f"ALTER TABLE {table.name} ADD CONSTRAINT "
                             f"{table.name}_{column.name}_fkey FOREIGN KEY ({quote(column.name)}) "
                             f"{POSTGRESQL_DDL.references(column)} NOT VALID")
 

@@ -202,6 +202,12 @@ class _SQLite:
             return raw.execute(sql, params)
         return _retry_busy(lambda: raw.execute(sql, params), timeout)
 
+    def queue(self, raw: Any, sql: str, params: Any, many: bool) -> None:
+        if many:
+            raw.executemany(sql, params)
+        else:
+            self.execute(raw, sql, params, lock_timeout())
+
     def write_alone(
         self, raw: Any, sql: str, params: Any, mode: str, timeout: float
     ) -> tuple[str, int]:
@@ -252,6 +258,9 @@ class _SQLite:
 
     def in_transaction(self, raw: Any) -> bool:
         return bool(raw.in_transaction)
+
+    def commit(self, raw: Any) -> None:
+        raw.execute("COMMIT")
 
     def rollback(self, raw: Any) -> None:
         raw.execute("ROLLBACK")
