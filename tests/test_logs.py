@@ -42,6 +42,7 @@ from roundtrips import RoundTripCounter
 from nexusLIMS.db import make_db_query
 from nexusLIMS.db.config import DatabaseLocation
 from nexusLIMS.db.connection import connect, tracing
+from nexusLIMS.db.databases import close_databases
 from nexusLIMS.db.enums import EventType, ProblemKind, RecordStatus
 from nexusLIMS.db.logs import SessionLog, StoredLog, insert_logs, log_end, log_start, logs_of
 from nexusLIMS.db.schema import init_db
@@ -705,7 +706,10 @@ def proxy(
         monkeypatch.setenv("nexusLIMS_db_path", counter.url)
         log("warm", "START", "2021-05-01T09:00:00").insert_log()  # connects, checks the schema
         assert instrument_db[TITAN]  # reads the instruments, opens the change watch
-        yield counter
+        try:
+            yield counter
+        finally:  # before the proxy goes: no pool left reconnecting through it
+            close_databases()
 
 
 def test_insert_log_is_one_round_trip_to_a_server(proxy: RoundTripCounter) -> None:
