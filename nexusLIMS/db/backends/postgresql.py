@@ -17,7 +17,6 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -121,18 +120,16 @@ def _traced_begin(mode: str) -> str:
 def _where(location: DatabaseLocation) -> str:
     """Name the server and database of ``location`` (from the URL and libpq's defaults)."""
     try:
-        given = conninfo_to_dict(location.target)
-    except psycopg.ProgrammingError:  # a URL libpq cannot read: what the URL says, plainly
-        parts = urlsplit(location.target)
-        given = {"host": parts.hostname, "port": parts.port and str(parts.port),
-                 "dbname": parts.path.lstrip("/") or None, "user": parts.username}
+        given: dict[str, Any] = conninfo_to_dict(location.target)
+    except psycopg.ProgrammingError:  # a URL libpq cannot read: what the URL says, leniently
+        given = location.server()
     defaults = {option.keyword.decode(): option.val.decode() if option.val else None
                 for option in psycopg.pq.Conninfo.get_defaults()}
     host = given.get("host") or defaults.get("host") or "localhost"
     port = given.get("port") or defaults.get("port") or "5432"
     database = given.get("dbname") or defaults.get("dbname") or given.get("user") \
         or defaults.get("user")
-    return f"database {database!r} on {host}:{port}"
+    return location.scrub(f"database {database!r} on {host}:{port}")
 
 
 def _alive(raw: psycopg.Connection[Any]) -> bool:
@@ -151,7 +148,23 @@ def _alive(raw: psycopg.Connection[Any]) -> bool:
     return not readable and bool(raw.pgconn.status == ConnStatus.OK)
 
 
-def _one_line(exc: BaseException) -> str:
+def _told(exc: BaseException, location: DatabaseLocation) -> str:
+    """Return the driver's message of ``exc`` on one line, without the URL's secrets.
+
+    libpq quotes a URL it cannot read, password and all: the exception itself,
+    and those chained to it, are scrubbed too, so that no traceback showing
+    them (as the cause or context of another) shows the password.
+    """
+    seen: set[int] = set()
+    pending: list[Optional[BaseException]] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if location.scrub(str(current)) != str(current):
+            current.args = (location.scrub(str(current)),)
+        pending += [current.__cause__, current.__context__]
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -188,7 +201,7 @@ class _Server:
         except psycopg.ProgrammingError as exc:
             raise DatabaseConfigError(
                 f"The URL of PostgreSQL {_where(location)} ({location}, from {location.source}) "
-                f"is not valid: {_one_line(exc)}") from None
+                f"is not valid: {_told(exc, location)}") from None
         try:
             return psycopg.connect(
                 location.target, autocommit=True,
@@ -197,7 +210,8 @@ class _Server:
             )
         except psycopg.Error as exc:
             raise DatabaseUnavailableError(
-                f"Cannot connect to PostgreSQL {_where(location)} ({location}): {_one_line(exc)}"
+                f"Cannot connect to PostgreSQL {_where(location)} ({location}): "
+                f"{_told(exc, location)}"
             ) from None
 
     def give(self, raw: Any) -> None:
@@ -297,6 +311,7 @@ class _PostgreSQL:
     ) -> Optional[BaseException]:
         if isinstance(exc, NexusLIMSDBError) or not isinstance(exc, psycopg.Error):
             return None
+        message = _told(exc, location)  # the driver's error is scrubbed of secrets, too
         if isinstance(exc, pg_errors.LockNotAvailable):
             return _LockedError(
                 f"database is locked: another program kept {location} locked for longer than "
@@ -306,7 +321,7 @@ class _PostgreSQL:
         if isinstance(exc, psycopg.OperationalError) \
                 and not isinstance(exc, pg_errors.QueryCanceled):
             return DatabaseUnavailableError(
-                f"Lost the connection to PostgreSQL {_where(location)}: {_one_line(exc)}")
+                f"Lost the connection to PostgreSQL {_where(location)}: {message}")
         return None
 
     def from_sqlite_sql(self, sql: str) -> str:
