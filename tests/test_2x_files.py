@@ -34,6 +34,7 @@ from nexusLIMS.db.instruments import (
     load_instruments,
     remove_instrument,
 )
+from nexusLIMS.db.integrity import check_integrity
 from nexusLIMS.db.logs import insert_logs, log_end, log_start
 from nexusLIMS.db.samples import add_sample_instruments, populate_demo
 from nexusLIMS.db.schema import inspect, transaction
@@ -109,6 +110,7 @@ CALLS: dict[str, Callable[[], Any]] = {
     "add_sample_instruments": add_sample_instruments,
     "populate_demo": populate_demo,
     "summarize": summarize,
+    "check_integrity": check_integrity,
     "init_db": init_db,
     "init_db(force)": lambda: init_db(force=True),
     "migrate_db": migrate_db,
@@ -142,7 +144,7 @@ def test_every_call_refuses_a_2x_file_without_alembic(
 
 
 COMMANDS = [
-    ["sessions"], ["sessions", "--json"], ["check"], ["check", "--json"],
+    ["sessions"], ["sessions", "--json"], ["check"], ["check", "--full"], ["check", "--json"],
     ["info"], ["info", "--json"], ["instruments"], ["instruments", "--json"],
     ["instruments", "edit", TITAN, "--location", "x"], ["instruments", "remove", TITAN],
     ["log", "start", "--instrument", TITAN, "--id", "s2"],

@@ -229,6 +229,13 @@ def test_the_change_watch(nexuslims_database: DatabaseLocation,
         watch.close()
 
 
+def test_integrity(raw: Raw) -> None:
+    backend, connection, location = raw
+    assert backend.integrity_problems(connection, full=False) == []
+    assert backend.integrity_problems(connection, full=True) == []
+    assert "backup" in backend.damage_advice(location)
+
+
 # --- by code, not by words ------------------------------------------------------------
 
 SQLITE_CODES = [(787, ConstraintKind.FOREIGN_KEY), (275, ConstraintKind.CHECK),

@@ -20,6 +20,7 @@ from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
 from nexusLIMS.db.connection import Connection, connect, removed_if_failed
 from nexusLIMS.db.errors import UnsupportedDatabaseError
+from nexusLIMS.db.integrity import verify_integrity
 from nexusLIMS.db.schema import SCHEMA_VERSION, SESSION_LOG, TABLES, Table, forget, inspect
 from nexusLIMS.db.tables import quoted_columns
 
@@ -115,6 +116,8 @@ def copy_database(
     UnsupportedDatabaseError
         The source is not a NexusLIMS database this package can read, or the
         target is not empty (without ``force``), or is the source.
+    DatabaseDamagedError
+        The source is damaged (see :func:`~nexusLIMS.db.integrity.verify_integrity`).
     ValueError
         The source has session logs of instruments it does not have, which a
         PostgreSQL target cannot hold.
@@ -129,6 +132,7 @@ def copy_database(
                 connect(destination, begin="IMMEDIATE", create=True, foreign_keys=False) as dst:
             info = inspect(src)
             info.check_usable()
+            verify_integrity(src)
             if not dst.backend.is_file and (orphans := int(src.scalar(
                     queries.COUNT_ORPHAN_LOGS))):
                 raise ValueError(

@@ -193,6 +193,18 @@ class Backend(Protocol):
     def removed_if_failed(self, location: DatabaseLocation) -> AbstractContextManager[None]:
         """Remove the database that the block creates if the block fails (a new file only)."""
 
+    # --- integrity -----------------------------------------------------------------------
+
+    def integrity_problems(self, raw: Any, *, full: bool) -> list[str]:
+        """Return what the database's own check finds damaged, first problem first; [] if none.
+
+        SQLite runs ``PRAGMA quick_check`` (``full``: ``integrity_check``);
+        PostgreSQL reports what its catalogue tells at once (invalid indexes).
+        """
+
+    def damage_advice(self, location: DatabaseLocation) -> str:
+        """Return what to do about a damaged database, for messages."""
+
 
 def insert_statement(table: str, columns: Sequence[str]) -> str:
     """Return the ``INSERT`` of one row of ``columns`` (names as SQL spells them) into ``table``."""

@@ -416,6 +416,26 @@ class _PostgreSQL:
     def removed_if_failed(self, location: DatabaseLocation) -> AbstractContextManager[None]:
         return nullcontext()  # a server database is never created here
 
+    # --- integrity -------------------------------------------------------------------
+
+    def integrity_problems(self, raw: Any, *, full: bool) -> list[str]:
+        # What the catalogue tells at once: indexes a failed CREATE INDEX
+        # CONCURRENTLY (or REINDEX CONCURRENTLY) left behind, which queries
+        # skip. The server checksums its own pages; reading every table is not cheap.
+        return [f"index {index} of table {table} is invalid (a CREATE INDEX or REINDEX "
+                f"CONCURRENTLY that failed); rebuild it: REINDEX INDEX {quote(index)}"
+                for index, table in raw.execute(
+                    "SELECT i.relname, t.relname FROM pg_index AS x "
+                    "JOIN pg_class AS i ON i.oid = x.indexrelid "
+                    "JOIN pg_class AS t ON t.oid = x.indrelid "
+                    "WHERE i.relnamespace = to_regnamespace(current_schema()) "
+                    "AND NOT (x.indisvalid AND x.indisready AND x.indislive) "
+                    "ORDER BY t.relname, i.relname").fetchall()]
+
+    def damage_advice(self, location: DatabaseLocation) -> str:
+        return ("rebuild what is invalid as the message says (as the table's owner), or "
+                "restore the database from a backup (pg_dump)")
+
 
 def _constraint_error(exc: psycopg.IntegrityError, statement: str) -> ConstraintError:
     """Return the package's error for a constraint psycopg reports, by SQLSTATE."""

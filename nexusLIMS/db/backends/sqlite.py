@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shlex
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from nexusLIMS.db.config import Backend as BackendName
 from nexusLIMS.db.errors import (
     ConstraintError,
     ConstraintKind,
+    DatabaseDamagedError,
     DatabaseLockedError,
     MigrationError,
     NexusLIMSDBError,
@@ -70,6 +72,10 @@ class _ConstraintError(ConstraintError, sqlite3.IntegrityError):
 
 class _LockedError(DatabaseLockedError, sqlite3.OperationalError):
     """Another program held the file's lock too long (also a ``sqlite3.OperationalError``)."""
+
+
+class _DamagedError(DatabaseDamagedError, sqlite3.DatabaseError):
+    """SQLite found the file damaged (also a ``sqlite3.DatabaseError``, as 1.4 raised)."""
 
 
 def sqlite_uri(path: PurePath) -> str:
@@ -127,6 +133,31 @@ def _open(path: Path, *, create: bool, same_thread: bool = True) -> sqlite3.Conn
     uri = f"{sqlite_uri(path)}?mode={'rwc' if create else 'rw'}"
     return sqlite3.connect(uri, uri=True, timeout=BUSY_SLICE, isolation_level=None,
                            check_same_thread=same_thread)
+
+
+def _checked(raw: sqlite3.Connection, pragma: str) -> tuple[list[str], bool]:
+    """Return the problems ``PRAGMA <pragma>`` (an integrity check) reports, and whether it stopped.
+
+    It stops early on a page too damaged to read; its error is then the last problem.
+    """
+    problems: list[str] = []
+    stopped = False
+    # Rows that break a CHECK (1.4's lacks statuses it wrote) are not damage:
+    # migrating refuses them, naming their values.
+    raw.execute("PRAGMA ignore_check_constraints = ON")
+    try:
+        # Some versions put several problems in one row, under a heading.
+        for (text,) in _retry_busy(lambda: raw.execute(f"PRAGMA {pragma}"), lock_timeout()):
+            problems += [line.strip() for line in str(text).splitlines()
+                         if line.strip() and not line.startswith("*** ")]
+    except sqlite3.DatabaseError as exc:
+        if _code(exc) & 0xFF not in (_CORRUPT, _NOTADB):
+            raise
+        problems.append(str(exc))
+        stopped = True
+    finally:
+        raw.execute("PRAGMA ignore_check_constraints = OFF")
+    return ([] if problems == ["ok"] else problems), stopped
 
 
 def _rows(raw: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -257,7 +288,8 @@ class _SQLite:
         elif code & 0xFF == _NOTADB:
             better = type(exc)(f"{where} is not a SQLite database (file is not a database)")
         elif code & 0xFF == _CORRUPT:
-            better = type(exc)(f"{where} is damaged ({text}); restore it from a backup")
+            better = _DamagedError(f"{where} is damaged: {text}; {self.damage_advice(location)}",
+                                   [text])
         elif code & 0xFF == _CANTOPEN:
             better = type(exc)(
                 f"cannot open {where}: {text} (check the file and its folder's permissions)")
@@ -406,6 +438,25 @@ class _SQLite:
 
     def removed_if_failed(self, location: DatabaseLocation) -> AbstractContextManager[None]:
         return _removed_if_failed(location.path)
+
+    # --- integrity -------------------------------------------------------------------
+
+    def integrity_problems(self, raw: Any, *, full: bool) -> list[str]:
+        # quick_check reads every page and checks the b-trees' structure;
+        # integrity_check also checks that every index matches its table.
+        if not full:
+            return _checked(raw, "quick_check")[0]
+        problems, stopped = _checked(raw, "integrity_check")
+        if stopped and len(problems) == 1:  # it stopped at once: quick_check may say where
+            return _checked(raw, "quick_check")[0] or problems
+        return problems
+
+    def damage_advice(self, location: DatabaseLocation) -> str:
+        path = location.path
+        return (f"restore it from a backup (such as a {path.name}.bak-* file that "
+                f"'nexuslims-db migrate' made beside it), or recover what can be read into a "
+                f"new file: sqlite3 {shlex.quote(str(path))} .recover | sqlite3 "
+                f"{shlex.quote(str(path.with_name(path.stem + '-recovered.sqlite')))}")
 
 
 @contextmanager
