@@ -280,13 +280,19 @@ def locate_database(
                 f"{ENV_DB_PATH} (or {ENV_DB_PATH_2X}) to the path of the SQLite file "
                 f"or to a postgresql:// URL"
             )
-    if must_exist and location.backend == "sqlite":
+    if location.backend == "sqlite":
         path = location.path
-        if not path.is_file():
+        if must_exist and not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
             raise DatabaseNotFoundError(
                 f"NexusLIMS database {location.target!r} (from {location.source}) {what}; "
                 f"no database was created (use init_db or 'nexuslims-db init' to make one)"
+            )
+        if path.is_dir():
+            raise DatabaseConfigError(
+                f"NexusLIMS database {location.target!r} (from {location.source}) is a folder, "
+                f"not a database file; name a file in it, such as "
+                f"{str(path / 'nexuslims_db.sqlite')!r}"
             )
     return location
 

@@ -16,7 +16,7 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Hashable, Optional, Sequence
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -416,7 +416,11 @@ class _PostgreSQL:
     def removed_if_failed(self, location: DatabaseLocation) -> AbstractContextManager[None]:
         return nullcontext()  # a server database is never created here
 
-    # --- integrity -------------------------------------------------------------------
+    def staged(self, location: DatabaseLocation,
+               like: Optional[Path]) -> AbstractContextManager[DatabaseLocation]:
+        return nullcontext(location)  # written in place, in one transaction
+
+    # --- integrity and identity ----------------------------------------------------
 
     def integrity_problems(self, raw: Any, *, full: bool) -> list[str]:
         # What the catalogue tells at once: indexes a failed CREATE INDEX
@@ -435,6 +439,13 @@ class _PostgreSQL:
     def damage_advice(self, location: DatabaseLocation) -> str:
         return ("rebuild what is invalid as the message says (as the table's owner), or "
                 "restore the database from a backup (pg_dump)")
+
+    def identity(self, raw: Any, location: DatabaseLocation) -> Hashable:
+        # The server by its start and its port (its own, not a proxy's), then the
+        # database and the schema the tables are in.
+        row = raw.execute("SELECT pg_postmaster_start_time(), current_setting('port'), "
+                          "current_database(), current_schema()").fetchone()
+        return tuple(row)
 
 
 def _constraint_error(exc: psycopg.IntegrityError, statement: str) -> ConstraintError:

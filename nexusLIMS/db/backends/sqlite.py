@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path, PurePath
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Optional, Sequence, TypeVar
 from urllib.parse import quote as quote_url
 
 from nexusLIMS.db.backends.base import Pool, insert_statement, writes_to_parent
@@ -439,7 +439,11 @@ class _SQLite:
     def removed_if_failed(self, location: DatabaseLocation) -> AbstractContextManager[None]:
         return _removed_if_failed(location.path)
 
-    # --- integrity -------------------------------------------------------------------
+    def staged(self, location: DatabaseLocation,
+               like: Optional[Path]) -> AbstractContextManager[DatabaseLocation]:
+        return _staged(location, like)
+
+    # --- integrity and identity ----------------------------------------------------
 
     def integrity_problems(self, raw: Any, *, full: bool) -> list[str]:
         # quick_check reads every page and checks the b-trees' structure;
@@ -458,6 +462,11 @@ class _SQLite:
                 f"new file: sqlite3 {shlex.quote(str(path))} .recover | sqlite3 "
                 f"{shlex.quote(str(path.with_name(path.stem + '-recovered.sqlite')))}")
 
+    def identity(self, raw: Any, location: DatabaseLocation) -> Hashable:
+        # The file itself, whatever name (symbolic or hard link, relative path) it is reached by.
+        found = os.stat(location.path)
+        return found.st_dev, found.st_ino
+
 
 @contextmanager
 def _removed_if_failed(path: Path) -> Iterator[None]:
@@ -474,6 +483,58 @@ def _removed_if_failed(path: Path) -> Iterator[None]:
             for leftover in (path, path.with_name(path.name + "-journal")):
                 leftover.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def _staged(location: DatabaseLocation, like: Optional[Path]) -> Iterator[DatabaseLocation]:
+    """Yield where to write a whole copy of a database that goes to ``location``.
+
+    An existing file is written in place (in one transaction: a failure or a
+    kill leaves it as it was). A new one is written as ``<file>.partial``
+    beside it and renamed to ``<file>`` only when the block succeeds: a
+    failure or a kill at any moment leaves no ``<file>``. A ``.partial``
+    left by a killed copy is removed first, unless another copy is still
+    writing it.
+    """
+    path = location.path
+    if path.exists():
+        yield location
+        return
+    partial = path.with_name(f"{path.name}.partial")
+    leftovers = (partial, partial.with_name(partial.name + "-journal"))
+    _remove_interrupted_copy(path, partial, leftovers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield DatabaseLocation("sqlite", str(partial), location.source)
+        if path.exists():
+            raise FileExistsError(f"{path} was created by another program during the copy; "
+                                  f"it was left as it is, and nothing was copied")
+        os.replace(partial, path)
+    except BaseException:
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        raise
+
+
+def _remove_interrupted_copy(path: Path, partial: Path, leftovers: Sequence[Path]) -> None:
+    """Remove what a killed copy to ``path`` left; refuse if a copy is writing it now."""
+    if not any(leftover.exists() for leftover in leftovers):
+        return
+    if partial.exists():
+        probe = _open(partial, create=False)
+        try:  # a copy that runs holds the file's writers' lock
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                raise _LockedError(
+                    f"another copy to {path} is running (it writes {partial}); wait for it to "
+                    f"end") from None
+        finally:
+            probe.close()
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    logger.warning("Removed %s, left by a copy to %s that was interrupted", partial, path)
 
 
 #: The SQLite backend.
