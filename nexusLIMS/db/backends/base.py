@@ -185,7 +185,10 @@ class Backend(Protocol):
         """
 
     def backup(self, raw: Any, target: Path) -> Optional[Path]:
-        """Copy the open database to the file ``target``; None if it is not a file."""
+        """Copy the open database to the file ``target``; None if it is not a file.
+
+        The backup is no more readable than the database's file.
+        """
 
     def compact(self, location: DatabaseLocation) -> bool:
         """Give the space freed by a rebuild back to the disk; False if there is nothing to do."""
@@ -198,9 +201,10 @@ class Backend(Protocol):
         """Yield where to write a whole new copy of a database that goes to ``location``.
 
         What exists is written in place, in one transaction. A new file is
-        written under a temporary name beside it and takes its name only when
-        the block succeeds: a failure, or a kill at any moment, leaves no file
-        by that name. ``like`` is the source's file, if it is one.
+        written under a temporary name beside it, no more readable than the
+        file ``like`` (the source's, if it is a file), and takes its name only
+        when the block succeeds: a failure, or a kill at any moment, leaves no
+        file by that name.
         """
 
     # --- integrity and identity -------------------------------------------------------

@@ -13,9 +13,10 @@ import os
 import random
 import shlex
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path, PurePath
 from typing import Any, Callable, Hashable, Optional, Sequence, TypeVar
 from urllib.parse import quote as quote_url
@@ -135,6 +136,27 @@ def _open(path: Path, *, create: bool, same_thread: bool = True) -> sqlite3.Conn
                            check_same_thread=same_thread)
 
 
+def _new_file(path: Path, like: Optional[Path] = None) -> None:
+    """Create the empty file ``path``, which must not exist, for SQLite to fill.
+
+    Its mode is ``0666`` less the umask (SQLite's own would be ``0644``
+    whatever the umask allows), and for a copy of the file ``like`` no more
+    than ``like``'s: a backup of a private database is private too. SQLite
+    gives its journal the same mode.
+    """
+    mode = 0o666 if like is None else stat.S_IMODE(like.stat().st_mode) & 0o666
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     mode))
+
+
+def _main_file(raw: sqlite3.Connection) -> Optional[Path]:
+    """Return the file of the open database (None for one in memory)."""
+    for _, name, file in raw.execute("PRAGMA database_list").fetchall():
+        if name == "main":
+            return Path(file) if file else None
+    return None  # pragma: no cover - every connection has a main database
+
+
 def _checked(raw: sqlite3.Connection, pragma: str) -> tuple[list[str], bool]:
     """Return the problems ``PRAGMA <pragma>`` (an integrity check) reports, and whether it stopped.
 
@@ -173,6 +195,8 @@ class _Files:
     def take(self, *, create: bool, foreign_keys: bool) -> Any:
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            with suppress(FileExistsError):
+                _new_file(self.path)
         raw = _open(self.path, create=create)
         try:
             raw.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
@@ -410,7 +434,8 @@ class _SQLite:
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
         try:
-            destination = _open(partial, create=True)
+            _new_file(partial, like=_main_file(raw))
+            destination = _open(partial, create=False)
             try:
                 raw.backup(destination)
             finally:
@@ -491,10 +516,10 @@ def _staged(location: DatabaseLocation, like: Optional[Path]) -> Iterator[Databa
 
     An existing file is written in place (in one transaction: a failure or a
     kill leaves it as it was). A new one is written as ``<file>.partial``
-    beside it and renamed to ``<file>`` only when the block succeeds: a
-    failure or a kill at any moment leaves no ``<file>``. A ``.partial``
-    left by a killed copy is removed first, unless another copy is still
-    writing it.
+    beside it, no more readable than ``like``, and renamed to ``<file>`` only
+    when the block succeeds: a failure or a kill at any moment leaves no
+    ``<file>``. A ``.partial`` left by a killed copy is removed first, unless
+    another copy is still writing it.
     """
     path = location.path
     if path.exists():
@@ -504,6 +529,7 @@ def _staged(location: DatabaseLocation, like: Optional[Path]) -> Iterator[Databa
     leftovers = (partial, partial.with_name(partial.name + "-journal"))
     _remove_interrupted_copy(path, partial, leftovers)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _new_file(partial, like)
     try:
         yield DatabaseLocation("sqlite", str(partial), location.source)
         if path.exists():
