@@ -13,6 +13,13 @@ statuses (it forgot ``NO_CONSENT`` and ``NO_RESERVATION``;
 package must refuse: an ``alembic_version`` table, 2.x's ``instruments``
 columns and 1.4's ``session_log`` columns.
 
+:func:`make_2x_demo_db` builds what 2.x's ``nexuslims db create-demo`` makes:
+its models' tables created at once (SQLModel's ``create_all``), so without
+``alembic_version``: ``instruments``, ``session_log`` (no AUTOINCREMENT, so no
+``sqlite_sequence`` either), and, by release, ``upload_log`` (2.4) and
+``external_user_identifiers`` (2.5, which also renamed ``schema_name`` to
+``display_name`` and dropped ``calendar_name`` and the ``computer_*`` columns).
+
 Use them from a test module in ``tests/`` with::
 
     from legacy_schema import LEGACY_1_4_SCHEMA, make_2x_db, make_legacy_db
@@ -33,9 +40,12 @@ __all__ = [
     "LEGACY_1_4_STATUSES",
     "NEXUSLIMS_2X_COLUMNS",
     "NEXUSLIMS_2X_REVISION",
+    "RELEASES_2X",
     "file_shape",
     "make_2x_db",
+    "make_2x_demo_db",
     "make_legacy_db",
+    "nexuslims_2x_demo_schema",
 ]
 
 #: The statuses the 1.4 ``record_status`` CHECK allows.
@@ -121,6 +131,117 @@ CREATE TABLE session_log (
     user VARCHAR(50)
 );
 """
+
+
+# The tables of NexusLIMS 2.x's models, as SQLModel's create_all makes them.
+_2X_INSTRUMENTS = {
+    "2.4": """
+CREATE TABLE instruments (
+    instrument_pid VARCHAR(100) NOT NULL, api_url VARCHAR NOT NULL,
+    calendar_name VARCHAR NOT NULL, calendar_url VARCHAR NOT NULL,
+    location VARCHAR(100) NOT NULL, schema_name VARCHAR NOT NULL,
+    property_tag VARCHAR(20) NOT NULL, filestore_path VARCHAR NOT NULL,
+    harvester VARCHAR NOT NULL, timezone VARCHAR NOT NULL, computer_name VARCHAR,
+    computer_ip VARCHAR(15), computer_mount VARCHAR,
+    PRIMARY KEY (instrument_pid), UNIQUE (api_url), UNIQUE (computer_name), UNIQUE (computer_ip)
+);""",
+    "2.5": """
+CREATE TABLE instruments (
+    instrument_pid VARCHAR(100) NOT NULL, api_url VARCHAR NOT NULL,
+    calendar_url VARCHAR NOT NULL, location VARCHAR(100) NOT NULL,
+    display_name VARCHAR NOT NULL, property_tag VARCHAR(20) NOT NULL,
+    filestore_path VARCHAR NOT NULL, harvester VARCHAR NOT NULL, timezone VARCHAR NOT NULL,
+    PRIMARY KEY (instrument_pid), UNIQUE (api_url)
+);""",
+}
+_2X_SESSION_LOG = """
+CREATE TABLE session_log (
+    id_session_log INTEGER NOT NULL, session_identifier VARCHAR(36) NOT NULL,
+    instrument VARCHAR(100) NOT NULL, timestamp VARCHAR, event_type VARCHAR(17) NOT NULL,
+    record_status VARCHAR(18) NOT NULL, user VARCHAR(50),
+    PRIMARY KEY (id_session_log),
+    CONSTRAINT check_event_type CHECK (event_type IN ('START', 'END', 'RECORD_GENERATION')),
+    CONSTRAINT check_record_status CHECK (record_status IN ('COMPLETED', 'WAITING_FOR_END',
+        'TO_BE_BUILT', 'BUILT_NOT_EXPORTED', 'ERROR', 'NO_FILES_FOUND', 'NO_CONSENT',
+        'NO_RESERVATION')),
+    FOREIGN KEY(instrument) REFERENCES instruments (instrument_pid)
+);
+CREATE INDEX ix_session_log_session_identifier ON session_log (session_identifier);"""
+_2X_UPLOAD_LOG = """
+CREATE TABLE upload_log (
+    id INTEGER NOT NULL, session_identifier VARCHAR(36) NOT NULL,
+    destination_name VARCHAR(100) NOT NULL, success BOOLEAN NOT NULL, timestamp VARCHAR,
+    record_id VARCHAR(255), record_url VARCHAR(500), error_message VARCHAR,
+    metadata_json VARCHAR, PRIMARY KEY (id)
+);
+CREATE INDEX ix_upload_log_session_identifier ON upload_log (session_identifier);
+CREATE INDEX ix_upload_log_destination_name ON upload_log (destination_name);"""
+_2X_USER_IDS = """
+CREATE TABLE external_user_identifiers (
+    id INTEGER NOT NULL, nexuslims_username VARCHAR NOT NULL, external_system VARCHAR NOT NULL,
+    external_id VARCHAR NOT NULL, email VARCHAR, created_at VARCHAR NOT NULL,
+    last_verified_at VARCHAR, notes VARCHAR, PRIMARY KEY (id),
+    CONSTRAINT valid_external_system CHECK (external_system IN ('nemo', 'labarchives_eln',
+        'labarchives_scheduler', 'cdcs')),
+    CONSTRAINT nexuslims_username_system_UNIQUE UNIQUE (nexuslims_username, external_system),
+    CONSTRAINT system_external_id_UNIQUE UNIQUE (external_system, external_id)
+);"""
+
+#: The releases :func:`make_2x_demo_db` makes files of.
+RELEASES_2X = tuple(_2X_INSTRUMENTS)
+
+
+def nexuslims_2x_demo_schema(release: str = "2.5", *, own_tables: bool = True) -> str:
+    """Return the tables 2.x's ``create-demo`` makes at ``release`` ("2.4" or "2.5").
+
+    ``own_tables=False`` leaves out the tables only 2.x has (``upload_log``,
+    ``external_user_identifiers``): a file that only its columns tell from 1.4's.
+    """
+    parts = [_2X_INSTRUMENTS[release], _2X_SESSION_LOG]
+    if own_tables:
+        parts += [_2X_UPLOAD_LOG] + ([_2X_USER_IDS] if release == "2.5" else [])
+    return "\n".join(parts)
+
+
+def make_2x_demo_db(path: Union[str, os.PathLike[str]], release: str = "2.5", *,
+                    own_tables: bool = True) -> Path:
+    """Create a file as NexusLIMS 2.x's ``nexuslims db create-demo`` makes it: no alembic_version.
+
+    One instrument, one START log (and, with 2.x's own tables, one upload),
+    so that a test can tell that nothing was changed.
+    """
+    db_path = Path(path)
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.executescript(nexuslims_2x_demo_schema(release, own_tables=own_tables))
+        with conn:
+            if release == "2.5":
+                conn.execute(
+                    "INSERT INTO instruments (instrument_pid, api_url, calendar_url, location, "
+                    "display_name, property_tag, filestore_path, harvester, timezone) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    ("FEI-Titan-TEM-635816", "https://nemo.example.org/api/tools/?id=1",
+                     "https://nemo.example.org/calendar/titan-tem/", "Building 217, Room F131",
+                     "FEI Titan TEM", "635816", "./Titan", "nemo", "America/New_York"))
+            else:
+                conn.execute(
+                    "INSERT INTO instruments (instrument_pid, api_url, calendar_name, "
+                    "calendar_url, location, schema_name, property_tag, filestore_path, "
+                    "harvester, timezone) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    ("FEI-Titan-TEM-635816", "https://nemo.example.org/api/tools/?id=1",
+                     "FEI Titan TEM", "https://nemo.example.org/calendar/titan-tem/",
+                     "Building 217, Room F131", "FEI Titan TEM", "635816", "./Titan", "nemo",
+                     "America/New_York"))
+            conn.execute(
+                "INSERT INTO session_log (session_identifier, instrument, timestamp, "
+                "event_type, record_status, user) VALUES (?, ?, ?, ?, ?, ?)",
+                ("s-2x", "FEI-Titan-TEM-635816", "2024-05-01T10:00:00-04:00", "START",
+                 "TO_BE_BUILT", "alice"))
+            if own_tables:
+                conn.execute(
+                    "INSERT INTO upload_log (session_identifier, destination_name, success, "
+                    "timestamp) VALUES (?, ?, ?, ?)",
+                    ("s-2x", "cdcs", 1, "2024-05-01T12:00:00-04:00"))
+    return db_path
 
 
 def make_legacy_db(path: Union[str, os.PathLike[str]]) -> Path:

@@ -232,6 +232,33 @@ def test_the_change_watch(nexuslims_database: DatabaseLocation,
         watch.close()
 
 
+def test_integrity_and_identity(raw: Raw, tmp_path: Path) -> None:
+    backend, connection, location = raw
+    assert backend.integrity_problems(connection, full=False) == []
+    assert backend.integrity_problems(connection, full=True) == []
+    assert "backup" in backend.damage_advice(location)
+    db = database_at(location)
+    other = db.take()
+    try:  # the same database through another connection: the same identity
+        assert backend.identity(other, location) == backend.identity(connection, location)
+    finally:
+        db.give(other)
+    with backend.staged(location, None) as staged:  # an existing database: in place
+        assert staged == location
+    elsewhere = database_at(DatabaseLocation(location.backend, str(tmp_path / "x.sqlite"))) \
+        if backend.is_file else None
+    if elsewhere is not None:  # another file: another identity
+        with backend.staged(elsewhere.location, None) as new_file:
+            assert new_file.target.endswith(".partial")
+            fresh = database_at(new_file).take(create=True)
+            try:
+                assert backend.identity(fresh, new_file) != backend.identity(connection, location)
+            finally:
+                database_at(new_file).give(fresh)
+        assert Path(elsewhere.location.target).exists()  # renamed when the block ended
+        assert not Path(new_file.target).exists()
+
+
 # --- by code, not by words ------------------------------------------------------------
 
 SQLITE_CODES = [(787, ConstraintKind.FOREIGN_KEY), (275, ConstraintKind.CHECK),

@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"nexusLIMS.db.databases"},
     {"nexusLIMS.db.connection"},
     {"nexusLIMS.db.schema"},
+    {"nexusLIMS.db.integrity"},
     {"nexusLIMS.db.migrations"},
     {"nexusLIMS.db.instruments"},
     {"nexusLIMS.db.pairing"},

@@ -13,6 +13,7 @@ from typing import Any
 from nexusLIMS.db.errors import (
     ClaimLostError,
     DatabaseConfigError,
+    DatabaseDamagedError,
     DatabaseNotFoundError,
     DatabaseUnavailableError,
     MigrationError,
@@ -27,6 +28,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ClaimLostError",
     "DatabaseConfigError",
+    "DatabaseDamagedError",
     "DatabaseNotFoundError",
     "DatabaseUnavailableError",
     "MigrationError",

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal, Optional, Union
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from nexusLIMS.db.errors import DatabaseConfigError, DatabaseNotFoundError
 
@@ -107,18 +107,62 @@ class DatabaseLocation:
         return Path(self.target)
 
     def describe(self) -> str:
-        """Return the location for messages: the path, or the URL without secrets."""
+        """Return the location for messages: the path, or the URL without secrets.
+
+        Never raises and never shows a password, whatever the text: a URL
+        that is not valid is shown as far as it can be read, less its password
+        and its ``password``, ``sslpassword`` and ``passfile`` parameters.
+        """
         if self.backend == "sqlite":
             return self.target
-        parts = urlsplit(self.target)
-        netloc = parts.netloc.rpartition("@")
-        user = netloc[0].partition(":")[0]
-        host = f"{user}@{netloc[2]}" if user else netloc[2]
-        query = urlencode([
-            (key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True)
-            if key not in _SECRET_PARAMS
-        ])
-        return urlunsplit((parts.scheme, host, parts.path, query, ""))
+        scheme, userinfo, host, rest = _split_url(_without_secret_params(self.target))
+        user = "" if userinfo is None else userinfo.partition(":")[0]
+        return f"{scheme}://{user + '@' if user else ''}{host}{rest}"
+
+    def secrets(self) -> tuple[str, ...]:
+        """Return the secrets the URL holds (its password, as written and decoded), longest first.
+
+        Messages that quote the URL or its parts (a driver's, above all) are
+        shown through :meth:`scrub`, which removes them.
+        """
+        if self.backend == "sqlite":
+            return ()
+        found = {value for key, value in _query_params(self.target)
+                 if _unquoted(key).lower() in _SECRET_PARAMS}
+        without = _without_secret_params(self.target)
+        after = without.partition("://")[2]
+        # The user information ends at the first "@" for libpq, at the last one
+        # for a password holding an unencoded "@": both are taken as secret.
+        # libpq's host ends at the first "/", so a password holding one unencoded is
+        # read as a host and a port there: its part before the "/" is secret too.
+        for at in {after.find("@"), after.rfind("@")} - {-1}:
+            _, colon, password = after[:at].partition(":")
+            if colon:
+                found |= {password, re.split(r"[/?#]", password)[0]}
+        found |= {_unquoted(secret) for secret in found}
+        return tuple(sorted((secret for secret in found if secret), key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        """Return ``text`` with every secret of the URL (:meth:`secrets`) replaced by ``***``."""
+        for secret in self.secrets():
+            text = text.replace(secret, "***")
+        return text
+
+    def server(self) -> dict[str, Optional[str]]:
+        """Return what the URL says of ``user``, ``host``, ``port`` and ``dbname`` (None: not said).
+
+        Read leniently, for messages about a URL that libpq cannot read; never raises.
+        """
+        _, userinfo, hostport, rest = _split_url(_without_secret_params(self.target))
+        user = None if userinfo is None else _unquoted(userinfo.partition(":")[0]) or None
+        if hostport.startswith("["):  # [IPv6]:port
+            host, _, after = hostport[1:].partition("]")
+            port = after[1:] if after.startswith(":") else ""
+        else:
+            host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+        dbname = rest.split("?", 1)[0].split("#", 1)[0].lstrip("/")
+        return {"user": user, "host": _unquoted(host) or None, "port": port or None,
+                "dbname": _unquoted(dbname) or None}
 
     def __str__(self) -> str:
         return self.describe()
@@ -130,6 +174,52 @@ class DatabaseLocation:
 #: Anything naming a database: a path, a URL, or a resolved location.
 DatabaseRef = Union[str, "os.PathLike[str]", DatabaseLocation]
 
+# A query parameter: its separator, key and value (as written).
+_PARAM = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
+# A libpq connection string (key=value pairs), which is not a URL.
+_CONNINFO = re.compile(r"^\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode)"
+                       r"\s*=", re.IGNORECASE)
+
+
+def _unquoted(text: str) -> str:
+    """Return ``text`` percent-decoded as libpq decodes URLs (undecodable text as it is)."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        return text
+
+
+def _query_params(url: str) -> list[tuple[str, str]]:
+    """Return every ``key=value`` of ``url`` after a ``?`` or ``&``, as written."""
+    return [(key, value) for _, key, value in _PARAM.findall(url)]
+
+
+def _without_secret_params(url: str) -> str:
+    """Return ``url`` without its ``password``, ``sslpassword`` and ``passfile`` parameters."""
+    def drop(match: re.Match[str]) -> str:
+        secret = _unquoted(match.group(2)).lower() in _SECRET_PARAMS
+        return match.group(1) + "\x00" if secret else match.group(0)
+
+    kept = _PARAM.sub(drop, url)
+    # Tidy the separators the dropped parameters leave: "?\0&a=1" -> "?a=1".
+    kept = re.sub(r"([?&])\x00(?:&|(?=#)|$)", r"\1", kept)
+    return re.sub(r"[?&](?=#|$)", "", kept.replace("\x00", ""))
+
+
+def _split_url(url: str) -> tuple[str, Optional[str], str, str]:
+    """Return a URL's scheme, user information (None: none), host and port, and the rest.
+
+    Lenient: any text splits, nothing is decoded or checked. The user
+    information ends at the last ``@`` (a password may hold an unencoded
+    ``/``, ``?`` or ``@``); the host ends at the first ``/``, ``?`` or ``#`` after it.
+    """
+    scheme, _, after = url.partition("://")
+    userinfo: Optional[str] = None
+    if "@" in after:
+        userinfo, _, after = after.rpartition("@")
+    end = min((index for index in map(after.find, "/?#") if index >= 0), default=len(after))
+    return scheme, userinfo, after[:end], after[end:]
+
 
 def _from_text(text: str, source: str) -> DatabaseLocation:
     lowered = text.lower()
@@ -139,6 +229,12 @@ def _from_text(text: str, source: str) -> DatabaseLocation:
         text = text[len(_SQLITE_SCHEME):]
         if not text:
             raise DatabaseConfigError(f"The SQLite URL from {source} names no file")
+    elif _CONNINFO.match(text):
+        # Never quoted: it may hold a password.
+        raise DatabaseConfigError(
+            f"The database from {source} is a libpq connection string (key=value), which is "
+            f"not supported; use a URL: postgresql://user@host:port/dbname"
+        )
     elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+://", text):
         scheme = text.partition("://")[0]
         hint = " (a SQLite URL has three slashes: sqlite:///path)" \
@@ -192,13 +288,19 @@ def locate_database(
                 f"{ENV_DB_PATH} (or {ENV_DB_PATH_2X}) to the path of the SQLite file "
                 f"or to a postgresql:// URL"
             )
-    if must_exist and location.backend == "sqlite":
+    if location.backend == "sqlite":
         path = location.path
-        if not path.is_file():
+        if must_exist and not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
             raise DatabaseNotFoundError(
                 f"NexusLIMS database {location.target!r} (from {location.source}) {what}; "
                 f"no database was created (use init_db or 'nexuslims-db init' to make one)"
+            )
+        if path.is_dir():
+            raise DatabaseConfigError(
+                f"NexusLIMS database {location.target!r} (from {location.source}) is a folder, "
+                f"not a database file; name a file in it, such as "
+                f"{str(path / 'nexuslims_db.sqlite')!r}"
             )
     return location
 

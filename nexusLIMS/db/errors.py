@@ -8,20 +8,22 @@ caller) sees is one of the classes below. Each error raised for a driver's
 error is also an instance of the driver's own class (``sqlite3.IntegrityError``,
 ``psycopg.errors.LockNotAvailable``, ...), so code written for NexusLIMS 1.4
 that catches those keeps working. A file that cannot be used (not a
-database, damaged, read-only, full) raises the driver's own class, with a
-message naming the file and what to do.
+database, read-only, full) raises the driver's own class, with a message
+naming the file and what to do; a damaged one raises
+:class:`DatabaseDamagedError`, which is also ``sqlite3.DatabaseError``.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Optional, TypeVar
+from typing import Optional, Sequence, TypeVar
 
 __all__ = [
     "ClaimLostError",
     "ConstraintError",
     "ConstraintKind",
     "DatabaseConfigError",
+    "DatabaseDamagedError",
     "DatabaseLockedError",
     "DatabaseNotFoundError",
     "DatabaseUnavailableError",
@@ -70,6 +72,22 @@ class SessionRevisedError(ClaimLostError):
 
     Its claim has ended and it waits to be built again with the new times.
     """
+
+class DatabaseDamagedError(NexusLIMSDBError):
+    """The database is damaged (SQLite: its file's pages; PostgreSQL: an invalid index).
+
+    Raised before anything is written. The message names the database, the
+    first problem found and what to do.
+
+    Attributes
+    ----------
+    problems
+        Every problem the database's own check reported, first problem first.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
 
 
 class DatabaseLockedError(NexusLIMSDBError):

@@ -21,7 +21,13 @@ from nexusLIMS.db import queries
 from nexusLIMS.db.backends import backend_for
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
 from nexusLIMS.db.connection import Connection, connect
-from nexusLIMS.db.errors import MigrationError, NexusLIMSDBError, UnsupportedDatabaseError
+from nexusLIMS.db.errors import (
+    DatabaseDamagedError,
+    MigrationError,
+    NexusLIMSDBError,
+    UnsupportedDatabaseError,
+)
+from nexusLIMS.db.integrity import verify_integrity
 from nexusLIMS.db.schema import forget, inspect
 from nexusLIMS.db.tables import INDEXES, INSTRUMENTS, SCHEMA_VERSION, SESSION_LOG, TABLES
 
@@ -266,6 +272,9 @@ def migrate_db(
         unchanged (the message names any backup made).
     UnsupportedDatabaseError
         The database is NexusLIMS 2.x's, another application's, or newer.
+    DatabaseDamagedError
+        The database is damaged (see :func:`~nexusLIMS.db.integrity.verify_integrity`);
+        nothing was changed.
     DatabaseNotFoundError
         No database file exists at the path.
     """
@@ -279,6 +288,7 @@ def migrate_db(
                      foreign_keys=False) as conn:
             info = inspect(conn)
             info.check_usable()
+            verify_integrity(conn)
             _check_tables(conn)
             steps = pending_steps(info.version)
             rows = int(conn.scalar(queries.count(SESSION_LOG)))
@@ -310,7 +320,8 @@ def migrate_db(
         if target is not None and copy is None:  # the backup itself failed: leave no part of it
             for leftover in target.parent.glob(f"{target.name}.partial*"):
                 leftover.unlink(missing_ok=True)
-        if isinstance(exc, (MigrationError, UnsupportedDatabaseError)) and copy is None:
+        if isinstance(exc, (MigrationError, UnsupportedDatabaseError, DatabaseDamagedError)) \
+                and copy is None:
             raise
         where = f"; the backup {copy} was kept" if copy else "; no backup was kept"
         raise MigrationError(

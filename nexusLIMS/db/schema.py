@@ -47,6 +47,7 @@ __all__ = [
     "SESSION_LOG",
     "SESSION_REVISIONS",
     "TABLES",
+    "TABLES_2X",
     "Column",
     "DatabaseInfo",
     "Index",
@@ -63,6 +64,12 @@ logger = logging.getLogger(__name__)
 
 # Tables the backends keep for themselves, which are not another application's.
 _BACKEND_TABLES = frozenset().union(*(dialect.own_tables for dialect in DIALECTS.values()))
+#: Tables only NexusLIMS 2.x makes: its log of record exports (2.4) and its
+#: map of user names to other systems' (2.5). 2.x's ``nexuslims db create-demo``
+#: makes them without Alembic's table.
+TABLES_2X = frozenset({"upload_log", "external_user_identifiers"})
+# NexusLIMS 2.5 renamed schema_name to display_name and dropped calendar_name.
+_COLUMN_2X, _COLUMN_1_4 = "display_name", "calendar_name"
 # What a database is known to hold, kept for a server database (see transaction()).
 _VERIFIED = "verified schema"
 
@@ -81,12 +88,21 @@ class DatabaseInfo:
         The stored schema version (0: NexusLIMS 1.4's script, or none).
     alembic_revision
         The revision in ``alembic_version`` (a NexusLIMS 2.x database), if any.
+    signs_of_2x
+        What shows a NexusLIMS 2.x database that has no ``alembic_version``
+        table (its tables, or its ``instruments`` columns), if anything.
     """
 
     location: DatabaseLocation
     tables: frozenset[str]
     version: int
     alembic_revision: Optional[str]
+    signs_of_2x: Optional[str] = None
+
+    @property
+    def is_nexuslims_2x(self) -> bool:
+        """Whether it is a NexusLIMS 2.x database (with or without Alembic's table)."""
+        return self.alembic_revision is not None or self.signs_of_2x is not None
 
     @property
     def is_nexuslims(self) -> bool:
@@ -102,12 +118,13 @@ class DatabaseInfo:
     def check_usable(self, *, require_tables: bool = True) -> None:
         """Raise :class:`UnsupportedDatabaseError` unless this package can use the database."""
         where = self.location.describe()
-        if self.alembic_revision is not None:
+        if self.is_nexuslims_2x:
+            why = (f"alembic revision {self.alembic_revision}" if self.alembic_revision is not None
+                   else f"no alembic revision, but {self.signs_of_2x}")
             raise UnsupportedDatabaseError(
-                f"{where} is a NexusLIMS 2.x database (alembic revision "
-                f"{self.alembic_revision}); this package uses databases made by NexusLIMS 1.4 "
-                f"or by itself (schema versions 0 to {SCHEMA_VERSION}): use NexusLIMS 2.x "
-                f"with it, or point nexusLIMS_db_path at a 1.4 database"
+                f"{where} is a NexusLIMS 2.x database ({why}); this package uses databases made "
+                f"by NexusLIMS 1.4 or by itself (schema versions 0 to {SCHEMA_VERSION}): use "
+                f"NexusLIMS 2.x with it, or point nexusLIMS_db_path at a 1.4 database"
             )
         # Another application's file may use user_version for itself.
         if self.is_nexuslims and self.version > SCHEMA_VERSION:
@@ -124,13 +141,27 @@ class DatabaseInfo:
 
 
 def inspect(conn: Connection) -> DatabaseInfo:
-    """Return what the open database holds."""
+    """Return what the open database holds.
+
+    It runs on every transaction of a file: its columns are read only for a
+    file that has no schema version of this package's (1.4's or 2.x's), and
+    no 2.x table or Alembic revision that tells already.
+    """
     backend, raw = conn.backend, conn.raw
     tables = frozenset(backend.table_names(raw))
+    version = backend.schema_version(raw)
     revision = None
     if "alembic_version" in tables:
         revision = str(conn.scalar(queries.ALEMBIC_REVISION) or "unknown")
-    return DatabaseInfo(conn.location, tables, backend.schema_version(raw), revision)
+    signs = None
+    if revision is None:
+        if tables & TABLES_2X:
+            signs = f"2.x's tables: {', '.join(sorted(tables & TABLES_2X))}"
+        elif version == 0 and INSTRUMENTS.name in tables:
+            columns = backend.column_names(raw, INSTRUMENTS.name)
+            if _COLUMN_2X in columns and _COLUMN_1_4 not in columns:
+                signs = f"2.x's instruments columns ({_COLUMN_2X}, no {_COLUMN_1_4})"
+    return DatabaseInfo(conn.location, tables, version, revision, signs)
 
 
 class _Verified:

@@ -9,6 +9,7 @@ from typing import Optional
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef
 from nexusLIMS.db.instruments import Instrument, read_instruments
+from nexusLIMS.db.integrity import verify_integrity
 from nexusLIMS.db.schema import inspect, transaction
 from nexusLIMS.db.sessions import SessionProblem, late_revisions, pair_sessions
 from nexusLIMS.db.tables import StoredLog
@@ -54,8 +55,16 @@ class DatabaseSummary:
 
 
 def summarize(database: Optional[DatabaseRef] = None) -> DatabaseSummary:
-    """Return an overview of the database: versions, counts, what waits, what is wrong."""
+    """Return an overview of the database: versions, counts, what waits, what is wrong.
+
+    Raises
+    ------
+    DatabaseDamagedError
+        The database is damaged (SQLite's ``quick_check``; on PostgreSQL,
+        invalid indexes): nothing in it can be trusted until that is dealt with.
+    """
     with transaction(database) as conn:
+        verify_integrity(conn)
         instruments = read_instruments(conn)
         counts = tuple((str(event), str(status), int(count))
                        for event, status, count in conn.fetchall(queries.LOG_COUNTS))

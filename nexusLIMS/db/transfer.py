@@ -4,9 +4,13 @@
 another, SQLite or PostgreSQL on either side, keeping every id and the id
 counters, so that new rows continue after the old ones. The target gets the
 current schema (a NexusLIMS 1.4 file is migrated on the way); the source is
-only read. The copy is one transaction of the target: it is verified (row
-counts and a checksum of every table, computed on both sides) before it is
-committed, and a failure leaves the target as it was.
+only read, and refused if it is damaged or NexusLIMS 2.x's. The copy is one
+transaction of the target: it is verified (row counts and a checksum of every
+table, computed on both sides) before it is committed, and a failure leaves
+the target as it was. A new SQLite file is written under a temporary name
+beside the target, no more readable than the source, and takes the target's
+name only when complete. The same database under another name (a link, a
+relative path, another URL of the same server database) is refused at once.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from nexusLIMS.db import queries
+from nexusLIMS.db.backends import backend_for
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database
-from nexusLIMS.db.connection import Connection, connect, removed_if_failed
+from nexusLIMS.db.connection import Connection, connect
 from nexusLIMS.db.errors import UnsupportedDatabaseError
+from nexusLIMS.db.integrity import verify_integrity
 from nexusLIMS.db.schema import SCHEMA_VERSION, SESSION_LOG, TABLES, Table, forget, inspect
 from nexusLIMS.db.tables import quoted_columns
 
@@ -62,11 +68,11 @@ def _digest(rows: Any, checksum: Any) -> int:
     return count
 
 
-def _target_tables(conn: Connection, force: bool) -> None:
+def _target_tables(conn: Connection, force: bool, target: DatabaseLocation) -> None:
     """Check the target and give it empty, current NexusLIMS tables."""
     info = inspect(conn)
     info.check_usable(require_tables=False)
-    where = conn.location.describe()
+    where = target.describe()
     if info.foreign_tables and not force:
         raise UnsupportedDatabaseError(
             f"{where} holds tables of another application ({', '.join(info.foreign_tables)}); "
@@ -114,7 +120,9 @@ def copy_database(
     ------
     UnsupportedDatabaseError
         The source is not a NexusLIMS database this package can read, or the
-        target is not empty (without ``force``), or is the source.
+        target is not empty (without ``force``), or is the source (by any name).
+    DatabaseDamagedError
+        The source is damaged (see :func:`~nexusLIMS.db.integrity.verify_integrity`).
     ValueError
         The source has session logs of instruments it does not have, which a
         PostgreSQL target cannot hold.
@@ -122,29 +130,40 @@ def copy_database(
     origin = locate_database(source)
     destination = locate_database(target, must_exist=False)
     if origin == destination:
-        raise UnsupportedDatabaseError(f"Cannot copy {origin} onto itself")
+        raise UnsupportedDatabaseError(
+            f"Cannot copy {origin} onto itself: the source and the target are the same database")
+    source_backend = backend_for(origin)
+    like = origin.path if source_backend.is_file else None
     copied: list[TableCopy] = []
-    with removed_if_failed(destination):
-        with connect(origin, begin="DEFERRED") as src, \
-                connect(destination, begin="IMMEDIATE", create=True, foreign_keys=False) as dst:
-            info = inspect(src)
-            info.check_usable()
-            if not dst.backend.is_file and (orphans := int(src.scalar(
-                    queries.COUNT_ORPHAN_LOGS))):
-                raise ValueError(
-                    f"{origin} has {orphans} session logs of instruments missing from its "
-                    f"instruments table, which PostgreSQL cannot hold; add those instruments "
-                    f"(or remove their logs) first")
-            _target_tables(dst, force)
-            for table in TABLES:
-                if table.name in info.tables:
-                    copied.append(_copy_table(src, dst, table, progress))
-            counter = max(
-                src.backend.id_counter(src.raw, SESSION_LOG.name, "id_session_log") or 0,
-                int(src.scalar(queries.MAX_LOG_ID) or 0))
-            dst.backend.set_id_counter(dst.raw, SESSION_LOG.name, "id_session_log", counter)
-            dst.backend.set_schema_version(dst.raw, SCHEMA_VERSION)
-        forget(destination)
+    with backend_for(destination).staged(destination, like) as writing, \
+            connect(origin, begin=None) as src, \
+            connect(writing, begin=None, create=True, foreign_keys=False) as dst:
+        # Before any lock is asked for: the target's would wait for the source's.
+        if src.backend is dst.backend \
+                and src.backend.identity(src.raw, origin) == dst.backend.identity(dst.raw, writing):
+            raise UnsupportedDatabaseError(
+                f"Cannot copy {origin} onto itself: {destination} is the same database "
+                f"under another name; nothing was copied")
+        src.begin("DEFERRED")
+        info = inspect(src)
+        info.check_usable()
+        verify_integrity(src)
+        if not dst.backend.is_file and (orphans := int(src.scalar(queries.COUNT_ORPHAN_LOGS))):
+            raise ValueError(
+                f"{origin} has {orphans} session logs of instruments missing from its "
+                f"instruments table, which PostgreSQL cannot hold; add those instruments "
+                f"(or remove their logs) first")
+        dst.begin("IMMEDIATE")
+        _target_tables(dst, force, destination)
+        for table in TABLES:
+            if table.name in info.tables:
+                copied.append(_copy_table(src, dst, table, progress))
+        counter = max(
+            src.backend.id_counter(src.raw, SESSION_LOG.name, "id_session_log") or 0,
+            int(src.scalar(queries.MAX_LOG_ID) or 0))
+        dst.backend.set_id_counter(dst.raw, SESSION_LOG.name, "id_session_log", counter)
+        dst.backend.set_schema_version(dst.raw, SCHEMA_VERSION)
+    forget(destination)
     logger.info("Copied %s to %s (%s)", origin, destination,
                 ", ".join(f"{c.table}: {c.rows} rows" for c in copied))
     return CopyResult(origin, destination, info.version, tuple(copied), counter + 1)

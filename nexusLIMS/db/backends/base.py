@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Hashable, Optional, Protocol, Sequence
 
 from nexusLIMS.db.backends.ddl import Dialect
 from nexusLIMS.db.config import Backend as BackendName
@@ -221,13 +221,46 @@ class Backend(Protocol):
         """
 
     def backup(self, raw: Any, target: Path) -> Optional[Path]:
-        """Copy the open database to the file ``target``; None if it is not a file."""
+        """Copy the open database to the file ``target``; None if it is not a file.
+
+        The backup is no more readable than the database's file.
+        """
 
     def compact(self, location: DatabaseLocation) -> bool:
         """Give the space freed by a rebuild back to the disk; False if there is nothing to do."""
 
     def removed_if_failed(self, location: DatabaseLocation) -> AbstractContextManager[None]:
         """Remove the database that the block creates if the block fails (a new file only)."""
+
+    def staged(self, location: DatabaseLocation,
+               like: Optional[Path]) -> AbstractContextManager[DatabaseLocation]:
+        """Yield where to write a whole new copy of a database that goes to ``location``.
+
+        What exists is written in place, in one transaction. A new file is
+        written under a temporary name beside it, no more readable than the
+        file ``like`` (the source's, if it is a file), and takes its name only
+        when the block succeeds: a failure, or a kill at any moment, leaves no
+        file by that name.
+        """
+
+    # --- integrity and identity -------------------------------------------------------
+
+    def integrity_problems(self, raw: Any, *, full: bool) -> list[str]:
+        """Return what the database's own check finds damaged, first problem first; [] if none.
+
+        SQLite runs ``PRAGMA quick_check`` (``full``: ``integrity_check``);
+        PostgreSQL reports what its catalogue tells at once (invalid indexes).
+        """
+
+    def damage_advice(self, location: DatabaseLocation) -> str:
+        """Return what to do about a damaged database, for messages."""
+
+    def identity(self, raw: Any, location: DatabaseLocation) -> Hashable:
+        """Return what tells the database itself apart, whatever name or URL reaches it.
+
+        Two locations with equal identities are the same database (a file by
+        its device and inode; a server database by its server, database and schema).
+        """
 
 
 def insert_statement(table: str, columns: Sequence[str]) -> str:

@@ -20,8 +20,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional, Sequence
-from urllib.parse import urlsplit
+from typing import Any, Hashable, Optional, Sequence
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -136,18 +135,16 @@ def _traced_begin(mode: str) -> str:
 def _where(location: DatabaseLocation) -> str:
     """Name the server and database of ``location`` (from the URL and libpq's defaults)."""
     try:
-        given = conninfo_to_dict(location.target)
-    except psycopg.ProgrammingError:  # a URL libpq cannot read: what the URL says, plainly
-        parts = urlsplit(location.target)
-        given = {"host": parts.hostname, "port": parts.port and str(parts.port),
-                 "dbname": parts.path.lstrip("/") or None, "user": parts.username}
+        given: dict[str, Any] = conninfo_to_dict(location.target)
+    except psycopg.ProgrammingError:  # a URL libpq cannot read: what the URL says, leniently
+        given = location.server()
     defaults = {option.keyword.decode(): option.val.decode() if option.val else None
                 for option in psycopg.pq.Conninfo.get_defaults()}
     host = given.get("host") or defaults.get("host") or "localhost"
     port = given.get("port") or defaults.get("port") or "5432"
     database = given.get("dbname") or defaults.get("dbname") or given.get("user") \
         or defaults.get("user")
-    return f"database {database!r} on {host}:{port}"
+    return location.scrub(f"database {database!r} on {host}:{port}")
 
 
 def _alive(raw: psycopg.Connection[Any]) -> bool:
@@ -166,7 +163,23 @@ def _alive(raw: psycopg.Connection[Any]) -> bool:
     return not readable and bool(raw.pgconn.status == ConnStatus.OK)
 
 
-def _one_line(exc: BaseException) -> str:
+def _told(exc: BaseException, location: DatabaseLocation) -> str:
+    """Return the driver's message of ``exc`` on one line, without the URL's secrets.
+
+    libpq quotes a URL it cannot read, password and all: the exception itself,
+    and those chained to it, are scrubbed too, so that no traceback showing
+    them (as the cause or context of another) shows the password.
+    """
+    seen: set[int] = set()
+    pending: list[Optional[BaseException]] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if location.scrub(str(current)) != str(current):
+            current.args = (location.scrub(str(current)),)
+        pending += [current.__cause__, current.__context__]
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -312,7 +325,7 @@ def _connection_settings(location: DatabaseLocation, zone: str) -> dict[str, Any
     except psycopg.ProgrammingError as exc:
         raise DatabaseConfigError(
             f"The URL of PostgreSQL {_where(location)} ({location}, from {location.source}) "
-            f"is not valid: {_one_line(exc)}") from None
+            f"is not valid: {_told(exc, location)}") from None
     timeout = lock_timeout()
     bound = _milliseconds(timeout + _GRACE / 2)
     keepalive = max(1, min(int(timeout / 3) or 1, 60))
@@ -336,7 +349,7 @@ def _connect(location: DatabaseLocation, zone: str) -> _Connection:
         raw = _Connection.connect(location.target, **_connection_settings(location, zone))
     except psycopg.Error as exc:
         raise DatabaseUnavailableError(
-            f"Cannot connect to PostgreSQL {_where(location)} ({location}): {_one_line(exc)}"
+            f"Cannot connect to PostgreSQL {_where(location)} ({location}): {_told(exc, location)}"
         ) from None
     raw.limit = lock_timeout() + _GRACE
     return raw
@@ -625,6 +638,7 @@ class _PostgreSQL:
     ) -> Optional[BaseException]:
         if isinstance(exc, NexusLIMSDBError) or not isinstance(exc, psycopg.Error):
             return None
+        message = _told(exc, location)  # the driver's error is scrubbed of secrets, too
         if isinstance(exc, pg_errors.LockNotAvailable):
             return _LockedError(
                 f"database is locked: another program kept {location} locked for longer than "
@@ -634,7 +648,7 @@ class _PostgreSQL:
         if isinstance(exc, psycopg.OperationalError) \
                 and not isinstance(exc, pg_errors.QueryCanceled):
             return DatabaseUnavailableError(
-                f"Lost the connection to PostgreSQL {_where(location)}: {_one_line(exc)}")
+                f"Lost the connection to PostgreSQL {_where(location)}: {message}")
         return None
 
     def from_sqlite_sql(self, sql: str) -> str:
@@ -728,6 +742,37 @@ class _PostgreSQL:
 
     def removed_if_failed(self, location: DatabaseLocation) -> AbstractContextManager[None]:
         return nullcontext()  # a server database is never created here
+
+    def staged(self, location: DatabaseLocation,
+               like: Optional[Path]) -> AbstractContextManager[DatabaseLocation]:
+        return nullcontext(location)  # written in place, in one transaction
+
+    # --- integrity and identity ----------------------------------------------------
+
+    def integrity_problems(self, raw: Any, *, full: bool) -> list[str]:
+        # What the catalogue tells at once: indexes a failed CREATE INDEX
+        # CONCURRENTLY (or REINDEX CONCURRENTLY) left behind, which queries
+        # skip. The server checksums its own pages; reading every table is not cheap.
+        return [f"index {index} of table {table} is invalid (a CREATE INDEX or REINDEX "
+                f"CONCURRENTLY that failed); rebuild it: REINDEX INDEX {quote(index)}"
+                for index, table in raw.execute(
+                    "SELECT i.relname, t.relname FROM pg_index AS x "
+                    "JOIN pg_class AS i ON i.oid = x.indexrelid "
+                    "JOIN pg_class AS t ON t.oid = x.indrelid "
+                    "WHERE i.relnamespace = to_regnamespace(current_schema()) "
+                    "AND NOT (x.indisvalid AND x.indisready AND x.indislive) "
+                    "ORDER BY t.relname, i.relname").fetchall()]
+
+    def damage_advice(self, location: DatabaseLocation) -> str:
+        return ("rebuild what is invalid as the message says (as the table's owner), or "
+                "restore the database from a backup (pg_dump)")
+
+    def identity(self, raw: Any, location: DatabaseLocation) -> Hashable:
+        # The server by its start and its port (its own, not a proxy's), then the
+        # database and the schema the tables are in.
+        row = raw.execute("SELECT pg_postmaster_start_time(), current_setting('port'), "
+                          "current_database(), current_schema()").fetchone()
+        return tuple(row)
 
 
 def _constraint_error(exc: psycopg.IntegrityError, statement: str) -> ConstraintError:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shlex
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path, PurePath
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Optional, Sequence, TypeVar
 from urllib.parse import quote as quote_url
 
 from nexusLIMS.db.backends.base import Pool, Result, insert_statement, writes_to_parent
@@ -26,6 +28,7 @@ from nexusLIMS.db.config import Backend as BackendName
 from nexusLIMS.db.errors import (
     ConstraintError,
     ConstraintKind,
+    DatabaseDamagedError,
     DatabaseLockedError,
     MigrationError,
     NexusLIMSDBError,
@@ -70,6 +73,10 @@ class _ConstraintError(ConstraintError, sqlite3.IntegrityError):
 
 class _LockedError(DatabaseLockedError, sqlite3.OperationalError):
     """Another program held the file's lock too long (also a ``sqlite3.OperationalError``)."""
+
+
+class _DamagedError(DatabaseDamagedError, sqlite3.DatabaseError):
+    """SQLite found the file damaged (also a ``sqlite3.DatabaseError``, as 1.4 raised)."""
 
 
 def sqlite_uri(path: PurePath) -> str:
@@ -129,6 +136,52 @@ def _open(path: Path, *, create: bool, same_thread: bool = True) -> sqlite3.Conn
                            check_same_thread=same_thread)
 
 
+def _new_file(path: Path, like: Optional[Path] = None) -> None:
+    """Create the empty file ``path``, which must not exist, for SQLite to fill.
+
+    Its mode is ``0666`` less the umask (SQLite's own would be ``0644``
+    whatever the umask allows), and for a copy of the file ``like`` no more
+    than ``like``'s: a backup of a private database is private too. SQLite
+    gives its journal the same mode.
+    """
+    mode = 0o666 if like is None else stat.S_IMODE(like.stat().st_mode) & 0o666
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     mode))
+
+
+def _main_file(raw: sqlite3.Connection) -> Optional[Path]:
+    """Return the file of the open database (None for one in memory)."""
+    for _, name, file in raw.execute("PRAGMA database_list").fetchall():
+        if name == "main":
+            return Path(file) if file else None
+    return None  # pragma: no cover - every connection has a main database
+
+
+def _checked(raw: sqlite3.Connection, pragma: str) -> tuple[list[str], bool]:
+    """Return the problems ``PRAGMA <pragma>`` (an integrity check) reports, and whether it stopped.
+
+    It stops early on a page too damaged to read; its error is then the last problem.
+    """
+    problems: list[str] = []
+    stopped = False
+    # Rows that break a CHECK (1.4's lacks statuses it wrote) are not damage:
+    # migrating refuses them, naming their values.
+    raw.execute("PRAGMA ignore_check_constraints = ON")
+    try:
+        # Some versions put several problems in one row, under a heading.
+        for (text,) in _retry_busy(lambda: raw.execute(f"PRAGMA {pragma}"), lock_timeout()):
+            problems += [line.strip() for line in str(text).splitlines()
+                         if line.strip() and not line.startswith("*** ")]
+    except sqlite3.DatabaseError as exc:
+        if _code(exc) & 0xFF not in (_CORRUPT, _NOTADB):
+            raise
+        problems.append(str(exc))
+        stopped = True
+    finally:
+        raw.execute("PRAGMA ignore_check_constraints = OFF")
+    return ([] if problems == ["ok"] else problems), stopped
+
+
 def _rows(raw: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
     return list(_retry_busy(lambda: raw.execute(sql, params).fetchall(), lock_timeout()))
 
@@ -142,6 +195,8 @@ class _Files:
     def take(self, *, create: bool, foreign_keys: bool) -> Any:
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            with suppress(FileExistsError):
+                _new_file(self.path)
         raw = _open(self.path, create=create)
         try:
             raw.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
@@ -289,7 +344,8 @@ class _SQLite:
         elif code & 0xFF == _NOTADB:
             better = type(exc)(f"{where} is not a SQLite database (file is not a database)")
         elif code & 0xFF == _CORRUPT:
-            better = type(exc)(f"{where} is damaged ({text}); restore it from a backup")
+            better = _DamagedError(f"{where} is damaged: {text}; {self.damage_advice(location)}",
+                                   [text])
         elif code & 0xFF == _CANTOPEN:
             better = type(exc)(
                 f"cannot open {where}: {text} (check the file and its folder's permissions)")
@@ -410,7 +466,8 @@ class _SQLite:
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
         try:
-            destination = _open(partial, create=True)
+            _new_file(partial, like=_main_file(raw))
+            destination = _open(partial, create=False)
             try:
                 raw.backup(destination)
             finally:
@@ -439,6 +496,34 @@ class _SQLite:
     def removed_if_failed(self, location: DatabaseLocation) -> AbstractContextManager[None]:
         return _removed_if_failed(location.path)
 
+    def staged(self, location: DatabaseLocation,
+               like: Optional[Path]) -> AbstractContextManager[DatabaseLocation]:
+        return _staged(location, like)
+
+    # --- integrity and identity ----------------------------------------------------
+
+    def integrity_problems(self, raw: Any, *, full: bool) -> list[str]:
+        # quick_check reads every page and checks the b-trees' structure;
+        # integrity_check also checks that every index matches its table.
+        if not full:
+            return _checked(raw, "quick_check")[0]
+        problems, stopped = _checked(raw, "integrity_check")
+        if stopped and len(problems) == 1:  # it stopped at once: quick_check may say where
+            return _checked(raw, "quick_check")[0] or problems
+        return problems
+
+    def damage_advice(self, location: DatabaseLocation) -> str:
+        path = location.path
+        return (f"restore it from a backup (such as a {path.name}.bak-* file that "
+                f"'nexuslims-db migrate' made beside it), or recover what can be read into a "
+                f"new file: sqlite3 {shlex.quote(str(path))} .recover | sqlite3 "
+                f"{shlex.quote(str(path.with_name(path.stem + '-recovered.sqlite')))}")
+
+    def identity(self, raw: Any, location: DatabaseLocation) -> Hashable:
+        # The file itself, whatever name (symbolic or hard link, relative path) it is reached by.
+        found = os.stat(location.path)
+        return found.st_dev, found.st_ino
+
 
 @contextmanager
 def _removed_if_failed(path: Path) -> Iterator[None]:
@@ -455,6 +540,59 @@ def _removed_if_failed(path: Path) -> Iterator[None]:
             for leftover in (path, path.with_name(path.name + "-journal")):
                 leftover.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def _staged(location: DatabaseLocation, like: Optional[Path]) -> Iterator[DatabaseLocation]:
+    """Yield where to write a whole copy of a database that goes to ``location``.
+
+    An existing file is written in place (in one transaction: a failure or a
+    kill leaves it as it was). A new one is written as ``<file>.partial``
+    beside it, no more readable than ``like``, and renamed to ``<file>`` only
+    when the block succeeds: a failure or a kill at any moment leaves no
+    ``<file>``. A ``.partial`` left by a killed copy is removed first, unless
+    another copy is still writing it.
+    """
+    path = location.path
+    if path.exists():
+        yield location
+        return
+    partial = path.with_name(f"{path.name}.partial")
+    leftovers = (partial, partial.with_name(partial.name + "-journal"))
+    _remove_interrupted_copy(path, partial, leftovers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _new_file(partial, like)
+    try:
+        yield DatabaseLocation("sqlite", str(partial), location.source)
+        if path.exists():
+            raise FileExistsError(f"{path} was created by another program during the copy; "
+                                  f"it was left as it is, and nothing was copied")
+        os.replace(partial, path)
+    except BaseException:
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        raise
+
+
+def _remove_interrupted_copy(path: Path, partial: Path, leftovers: Sequence[Path]) -> None:
+    """Remove what a killed copy to ``path`` left; refuse if a copy is writing it now."""
+    if not any(leftover.exists() for leftover in leftovers):
+        return
+    if partial.exists():
+        probe = _open(partial, create=False)
+        try:  # a copy that runs holds the file's writers' lock
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                raise _LockedError(
+                    f"another copy to {path} is running (it writes {partial}); wait for it to "
+                    f"end") from None
+        finally:
+            probe.close()
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    logger.warning("Removed %s, left by a copy to %s that was interrupted", partial, path)
 
 
 #: The SQLite backend.

@@ -29,7 +29,7 @@ from nexusLIMS.db.cli.parsing import (
 )
 from nexusLIMS.db.config import ENV_DB_PATH, ENV_DB_PATH_2X, ENV_TIMEOUT, locate_database
 from nexusLIMS.db.enums import RecordStatus
-from nexusLIMS.db.errors import NexusLIMSDBError
+from nexusLIMS.db.errors import DatabaseDamagedError, NexusLIMSDBError
 from nexusLIMS.db.instruments import DEFAULT_TIMEZONE, validate_timezone
 from nexusLIMS.db.schema import INSTRUMENTS
 
@@ -141,9 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = _sub(commands_, "check", "report every inconsistent session",
                  f"{db} check", commands.cmd_check,
+                 "First runs the database's own check of its file (SQLite's quick_check;\n"
+                 "on PostgreSQL, invalid indexes).\n"
                  "Exit status: 0 no problem, 1 problems found, 2 could not check (no\n"
                  "database, locked, damaged, bad arguments).")
     _format_options(check)
+    check.add_argument("--full", action="store_true",
+                       help="check the file thoroughly: SQLite's integrity_check (slower), "
+                            "which also matches every index to its table")
     check.set_defaults(error_code=2)
 
     log = _sub(commands_, "log", "log the start or end of a session (the Session Logger)",
@@ -334,7 +339,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = _one_line(exc) if known else f"unexpected {type(exc).__name__}: {_one_line(exc)}"
         hint = "" if known or args.debug else " (run with --debug for the traceback)"
         print(f"{PROG}: error: {message}{hint}", file=sys.stderr)
-        return int(args.error_code)
+        # A damaged database could not be checked, whatever the command.
+        return 2 if isinstance(exc, DatabaseDamagedError) else int(args.error_code)
 
 
 def _is_driver_error(exc: BaseException) -> bool:

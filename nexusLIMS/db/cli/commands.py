@@ -27,6 +27,7 @@ from nexusLIMS.db.instruments import (
     load_instruments,
     remove_instrument,
 )
+from nexusLIMS.db.integrity import check_integrity
 from nexusLIMS.db.logs import SessionLog, log_end, log_start
 from nexusLIMS.db.migrations import MigrationResult, migrate_db
 from nexusLIMS.db.samples import DemoSummary, populate_demo
@@ -126,6 +127,7 @@ def _problem_json(problem: SessionProblem) -> dict[str, Any]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Report every inconsistent session; exit 1 if there is any (``check``)."""
+    check_integrity(args.db, full=args.full)  # a damaged file: exit 2
     problems = find_session_problems(database=args.db)
     if args.format != "table":
         print(records([_problem_json(problem) for problem in problems], args.format,
