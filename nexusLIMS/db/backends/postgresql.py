@@ -755,7 +755,7 @@ class _PostgreSQL:
         # skip. The server checksums its own pages; reading every table is not cheap.
         return [f"index {index} of table {table} is invalid (a CREATE INDEX or REINDEX "
                 f"CONCURRENTLY that failed); rebuild it: REINDEX INDEX {quote(index)}"
-                for index, table in raw.execute(
+                for index, table in _run(raw,
                     "SELECT i.relname, t.relname FROM pg_index AS x "
                     "JOIN pg_class AS i ON i.oid = x.indexrelid "
                     "JOIN pg_class AS t ON t.oid = x.indrelid "
@@ -770,7 +770,7 @@ class _PostgreSQL:
     def identity(self, raw: Any, location: DatabaseLocation) -> Hashable:
         # The server by its start and its port (its own, not a proxy's), then the
         # database and the schema the tables are in.
-        row = raw.execute("SELECT pg_postmaster_start_time(), current_setting('port'), "
+        row = _run(raw, "SELECT pg_postmaster_start_time(), current_setting('port'), "
                           "current_database(), current_schema()").fetchone()
         return tuple(row)
 
