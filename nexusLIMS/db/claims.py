@@ -32,7 +32,7 @@ from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.enums import RecordStatus, coerce
 from nexusLIMS.db.errors import ClaimLostError, SessionRevisedError, UnsupportedDatabaseError
 from nexusLIMS.db.instruments import Instrument, read_instruments
-from nexusLIMS.db.logs import logs_of, set_status
+from nexusLIMS.db.logs import logs_of
 from nexusLIMS.db.pairing import check, waiting_logs
 from nexusLIMS.db.schema import SESSION_CLAIMS, has_table, transaction
 from nexusLIMS.db.session import Session, handed_session, record_outcome
@@ -88,17 +88,10 @@ class ClaimedSession(Session):
     def _database(self) -> Optional[DatabaseRef]:
         return self.database
 
-    def _check_write(self, conn: Connection, action: str) -> None:
-        """Raise ClaimLostError unless this builder still holds the claim.
-
-        The claim's row stays locked until the transaction ends (SQLite's write
-        transaction keeps every other writer out; PostgreSQL locks the row), so
-        no other builder can take the session over before this write commits.
-        """
-        held = conn.fetchone(queries.CLAIM_HELD + conn.backend.lock_rows,
-                             (self.session_identifier, self.token))
-        if held is None:
-            raise self._lost(action)
+    def _claim_token(self) -> Optional[str]:
+        # Every write of the session checks it in the statement that writes
+        # (fencing): a builder whose claim is gone writes nothing.
+        return self.token
 
     def renew(self, lease: timedelta = DEFAULT_LEASE) -> datetime:
         """Extend the claim to ``lease`` from now, for a long build; return the new expiry.
@@ -112,11 +105,12 @@ class ClaimedSession(Session):
         """
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, not {lease}")
-        with transaction(self.database, begin="WRITE") as conn:
-            self._check_write(conn, "renew its claim")
-            expires = utc_now() + lease
-            conn.execute(queries.RENEW_CLAIM,
-                         (utc_text(expires), self.session_identifier, self.token))
+        expires = utc_now() + lease
+        with transaction(self.database, begin=None) as conn:  # one statement, fenced
+            renewed = conn.execute(queries.RENEW_CLAIM, (
+                utc_text(expires), self.session_identifier, self.token)).rowcount
+        if not renewed:
+            raise self._lost("renew its claim")
         self.expires_at = expires
         return expires
 
@@ -157,16 +151,12 @@ class ClaimedSession(Session):
 
     def _set_status(self, status: Union[RecordStatus, str]) -> None:
         value = coerce(RecordStatus, status, "record_status").value
-        if value == RecordStatus.TO_BE_BUILT:  # not an outcome: the claim stays
-            with transaction(self.database, begin="WRITE") as conn:
-                self._check_write(conn, f"record {value}")
-                set_status(conn, value, session_identifier=self.session_identifier,
-                           claims_ended=True)
-            return
         with transaction(self.database, begin=None) as conn:
             outcome = record_outcome(conn, self, value, token=self.token)
         if not outcome.claim_held:
             raise self._lost(f"record {value}")
+        if value == RecordStatus.TO_BE_BUILT:  # not an outcome: the claim stays
+            return
         self.finished = True  # the claim ended
         if outcome.revisions:
             raise SessionRevisedError(
@@ -176,7 +166,7 @@ class ClaimedSession(Session):
 
     def release(self) -> None:
         """Give the session back unbuilt (its claim ends; any builder may claim it)."""
-        with transaction(self.database, begin="WRITE") as conn:
+        with transaction(self.database, begin=None) as conn:  # one statement
             conn.execute(queries.END_OWN_CLAIM, (self.session_identifier, self.token))
         self.finished = True
 

@@ -31,6 +31,7 @@ __all__ = [
     "Begin",
     "Connection",
     "Params",
+    "Statement",
     "Tracer",
     "close_watches",
     "connect",
@@ -43,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 #: The values of a statement's placeholders.
 Params = Union[Sequence[Any], Mapping[str, Any]]
+#: A statement of a batch: ``(sql, params)``, or ``(sql, params, key)`` for an
+#: INSERT of one row whose generated ``key`` comes back as its one row.
+Statement = Union[tuple[str, Params], tuple[str, Params, str]]
 
 _MODES = ("DEFERRED", "WRITE", "IMMEDIATE")
 # A statement that may change the instruments table (whose rows look-ups keep).
@@ -217,7 +221,7 @@ class Connection:
         return results
 
     def write_batch(
-        self, statements: Sequence[tuple[str, Params]], *, mode: str = "WRITE"
+        self, statements: Sequence[Statement], *, mode: str = "WRITE"
     ) -> list[Result]:
         """Run ``statements`` as one whole transaction; return each one's rows and row count.
 
@@ -229,7 +233,7 @@ class Connection:
         _check_mode(mode)
         with self._translating():
             began, results = self.backend.write_batch(self.raw, statements, mode, self._timeout)
-        for text in (began, *(sql for sql, _ in statements), "COMMIT"):
+        for text in (began, *(statement[0] for statement in statements), "COMMIT"):
             self._trace("execute", text)
         return results
 

@@ -140,10 +140,11 @@ UNREVISE_LOG = (f"UPDATE {_LOG} SET timestamp = ?, {quote('user')} = ? "
 DROP_REVISION = (f"DELETE FROM {_REVISIONS} WHERE log_id = ? AND revised_timestamp = ? "
                  f"AND received_at = ?")
 
-#: A RECORD_GENERATION log (its status is the column's default).
+#: A RECORD_GENERATION log (its status is the column's default); conditions may be
+#: appended with AND.
 INSERT_RECORD_GENERATION = (
     f"INSERT INTO {_LOG} (instrument, event_type, session_identifier, {quote('user')}, "
-    f"timestamp) VALUES (?, '{_RECORD_GENERATION}', ?, ?, ?)"
+    f"timestamp) SELECT ?, '{_RECORD_GENERATION}', ?, ?, ? WHERE TRUE"
 )
 #: A revision applied in place: the new time and user of one log.
 REVISE_LOG = f"UPDATE {_LOG} SET timestamp = ?, {quote('user')} = ? WHERE id_session_log = ?"

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseRef, record_user
-from nexusLIMS.db.connection import Connection
+from nexusLIMS.db.connection import Connection, Statement
 from nexusLIMS.db.enums import EventType, RecordStatus, coerce
 from nexusLIMS.db.errors import ConstraintError, ConstraintKind
 from nexusLIMS.db.instruments import Instrument, read_instruments
@@ -75,8 +75,13 @@ class Session:
         """Return the database this session's writes go to (None: the configured one)."""
         return None
 
-    def _check_write(self, conn: Connection, action: str) -> None:
-        """Refuse a write to the session in the open transaction (a claimed session's hook)."""
+    def _claim_token(self) -> Optional[str]:
+        """Return the token of this builder's claim on the session (a claimed session's hook)."""
+        return None
+
+    def _lost(self, action: str) -> Exception:
+        """Return the error for a write refused because the claim is gone (a claimed session's)."""
+        raise NotImplementedError  # only a claimed session has a claim to lose
 
     @property
     def duration(self) -> Optional[timedelta]:
@@ -161,31 +166,47 @@ class Session:
         if not isinstance(self.session_identifier, str) or not self.session_identifier.strip():
             raise ValueError(f"Cannot log RECORD_GENERATION for {self!r}: the session has no "
                              f"identifier ({self.session_identifier!r})")
-        with transaction(self._database(), begin="WRITE") as conn:
-            self._check_write(conn, "log RECORD_GENERATION")
-            if not self._has_logs and not conn.fetchone(queries.SESSION_HAS_LOGS,
-                                                         (self.session_identifier,)):
-                if require_logs:
-                    raise ValueError(
-                        f"Cannot log RECORD_GENERATION for session "
-                        f"{self.session_identifier!r}: it has no log in the database")
-                logger.warning("Session %r has no log in the database; logging its "
-                               "RECORD_GENERATION anyway", self.session_identifier)
-            timestamp = now_local_iso()
+        timestamp = now_local_iso()
+        identifier, token = self.session_identifier, self._claim_token()
+        with transaction(self._database(), begin=None) as conn:
+            if require_logs and not self._has_logs:  # refused, rolled back: before writing
+                conn.begin("WRITE")
+                if not conn.fetchone(queries.SESSION_HAS_LOGS, (identifier,)):
+                    raise ValueError(f"Cannot log RECORD_GENERATION for session "
+                                     f"{identifier!r}: it has no log in the database")
+                conn.rollback()
+            # One batch (one round trip to a server): whether the session has logs, and
+            # the insert, only while the claim (if any) is this builder's.
+            statements: list[Statement] = []
+            guard: list[tuple[str, tuple[Any, ...]]] = []
+            if token is not None:
+                statements.append((queries.CLAIM_HELD + conn.backend.lock_rows,
+                                   (identifier, token)))
+                guard.append((queries.CLAIM_IS_HELD, (identifier, token)))
+            if not self._has_logs:
+                statements.append((queries.SESSION_HAS_LOGS, (identifier,)))
+            statements.append((*_guarded(queries.INSERT_RECORD_GENERATION,
+                                         (pid, identifier, record_user(), timestamp), guard),
+                               "id_session_log"))
             try:
-                log_id = conn.insert(
-                    queries.INSERT_RECORD_GENERATION,
-                    (pid, self.session_identifier, record_user(), timestamp),
-                    key="id_session_log")
+                results = conn.write_batch(statements, mode="WRITE")
             except ConstraintError as exc:
                 if exc.kind is not ConstraintKind.FOREIGN_KEY:
                     raise
                 conn.rollback()  # (PostgreSQL's transaction is void after an error)
                 require_instrument(pid, read_instruments(conn), self)  # names the known ones
                 raise
+        inserted, has_logs = results[-1], results[-2] if not self._has_logs else None
+        if not inserted[1]:
+            raise self._lost("log RECORD_GENERATION")
+        if has_logs is not None and not has_logs[0]:
+            logger.warning("Session %r has no log in the database; its RECORD_GENERATION was "
+                           "logged anyway", identifier)
         # The row as stored: the values written (a text column keeps them as they are).
-        return {"id_session_log": log_id, "event_type": EventType.RECORD_GENERATION.value,
-                "session_identifier": self.session_identifier, "timestamp": timestamp}
+        assert inserted[0] is not None
+        return {"id_session_log": int(inserted[0][0][0]),
+                "event_type": EventType.RECORD_GENERATION.value,
+                "session_identifier": identifier, "timestamp": timestamp}
 
 
 def set_session_status(
@@ -272,7 +293,7 @@ def record_outcome(
     the session stays to be built again, and its revisions are kept for
     ``check`` to name until an outcome is recorded for the new times. With a
     claim's ``token``, everything also requires that the claim is still this
-    builder's, and the claim ends (also when the session was revised).
+    builder's, and an outcome ends the claim (also when the session was revised).
 
     Must be called outside a transaction.
     """
@@ -288,12 +309,13 @@ def record_outcome(
     if handed is not None:
         revised_since = (identifier, handed[0], session.user, handed[1])
         guard.append((queries.UNREVISED_SINCE_HANDED, revised_since))
-    statements: list[tuple[str, tuple[Any, ...]]] = []
+    statements: list[Statement] = []
     lock = conn.backend.lock_rows
-    if lock:  # keep a revision (or a claim's takeover) out until this commits
+    if lock:  # keep a revision out until this commits
         statements.append((queries.LOCK_SESSION_LOGS + lock, (identifier,)))
-        if token is not None:
-            statements.append((queries.CLAIM_HELD + lock, (identifier, token)))
+    held_at = len(statements)
+    if token is not None:  # (and a claim's takeover)
+        statements.append((queries.CLAIM_HELD + lock, (identifier, token)))
     first = len(statements)
     if handed is not None:
         statements.append((queries.REVISED_SINCE_HANDED, revised_since))
@@ -306,7 +328,7 @@ def record_outcome(
     update = len(statements) - 1
     if outcome and revisions_kept:
         statements.append(_guarded(queries.SETTLE_REVISIONS, (identifier,), guard))
-    if token is not None:  # the claim ends, whatever else happened
+    if token is not None and outcome:  # the claim ends, whatever else happened
         statements.append((queries.END_OWN_CLAIM, (identifier, token)))
     elif outcome and claims_kept:
         statements.append(_guarded(queries.END_CLAIMS, (identifier,), guard))
@@ -316,7 +338,7 @@ def record_outcome(
         raise _unknown_status(exc, value) from exc
     revisions = tuple(StoredLog(*row) for row in results[first][0] or ()) \
         if handed is not None else ()
-    held = token is None or results[-1][1] > 0
+    held = token is None or bool(results[held_at][0])
     return Outcome(results[update][1], revisions if held else (), held)
 
 

@@ -102,10 +102,12 @@ class Backend(Protocol):
         """
 
     def write_batch(
-        self, raw: Any, statements: Sequence[tuple[str, Any]], mode: str, timeout: float
+        self, raw: Any, statements: Sequence[tuple[Any, ...]], mode: str, timeout: float
     ) -> tuple[str, list[Result]]:
         """Begin a transaction of ``mode``, run ``statements``, commit: in one round trip.
 
+        A statement is ``(sql, params)``, or ``(sql, params, key)`` for an
+        INSERT of one row whose generated ``key`` its result's rows give.
         Returns the begin statement to trace (as :meth:`begin`) and each
         statement's :data:`Result`. On failure the transaction is left for the
         caller to roll back.

@@ -563,14 +563,15 @@ class _PostgreSQL:
         return began, count
 
     def write_batch(
-        self, raw: Any, statements: Sequence[tuple[str, Any]], mode: str, timeout: float
+        self, raw: Any, statements: Sequence[tuple[Any, ...]], mode: str, timeout: float
     ) -> tuple[str, list[Result]]:
         # Every statement sent, then one wait: one round trip.
+        begin = _begin_statements(mode, timeout)
         cursors = raw.send([
-            *((statement, (), False) for statement in _begin_statements(mode, timeout)),
-            *((native_sql(sql), params if params is not None else (), False)
-              for sql, params in statements),
-            ("COMMIT", (), False)])[len(_begin_statements(mode, timeout)):-1]
+            *((statement, (), False) for statement in begin),
+            *((native_sql(f"{sql} RETURNING {key[0]}" if key else sql),
+               params if params is not None else (), False) for sql, params, *key in statements),
+            ("COMMIT", (), False)])[len(begin):-1]
         return _traced_begin(mode), [
             (cursor.fetchall() if cursor.description else None, int(cursor.rowcount))
             for cursor in cursors]

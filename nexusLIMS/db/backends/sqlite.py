@@ -270,13 +270,15 @@ class _SQLite:
         return began, count
 
     def write_batch(
-        self, raw: Any, statements: Sequence[tuple[str, Any]], mode: str, timeout: float
+        self, raw: Any, statements: Sequence[tuple[Any, ...]], mode: str, timeout: float
     ) -> tuple[str, list[Result]]:
         began = self.begin(raw, mode, timeout)
         results: list[Result] = []
-        for sql, params in statements:
+        for sql, params, *key in statements:
             cursor = raw.execute(sql, params)
             rows = cursor.fetchall() if cursor.description else None
+            if key:  # the id of the one row inserted
+                rows = [(cursor.lastrowid,)] if cursor.rowcount == 1 else []
             results.append((rows, int(cursor.rowcount)))
         raw.execute("COMMIT")
         return began, results
