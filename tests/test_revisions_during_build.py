@@ -166,8 +166,8 @@ def _paused_revision(pause_on: str) -> tuple[threading.Thread, threading.Event,
     def run() -> None:
         owner.append(threading.get_ident())
         try:
-            with tracing(tracer):
-                _revise_end()
+            with tracing(tracer):  # insert_logs: its transaction is open while paused
+                assert insert_logs([log("s1", "END", LATER)]) == 0
         except BaseException as exc:  # reported to the test
             errors.append(exc)
 
