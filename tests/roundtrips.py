@@ -126,17 +126,26 @@ class RoundTripCounter:
                         continue
                     peer, stream = key.data
                     source: socket.socket = key.fileobj  # type: ignore[assignment]
-                    chunk = source.recv(65536)
-                    if not chunk:
-                        for sock in (source, peer):
-                            selector.unregister(sock)
-                            sock.close()
+                    if source.fileno() == -1:  # closed earlier in this round, with its peer
                         continue
-                    if stream is not None:  # counted before it is relayed, so before any answer
+                    try:
+                        chunk = source.recv(65536)
+                    except OSError:  # reset by one side: the conversation is over
+                        chunk = b""
+                    if stream is not None and chunk:  # counted before it is relayed
                         waits = stream.waits_in(chunk)
                         with self._lock:
                             self._count += waits
-                    peer.sendall(chunk)
+                    try:
+                        if chunk:
+                            peer.sendall(chunk)
+                            continue
+                    except OSError:
+                        pass
+                    for sock in (source, peer):
+                        if sock.fileno() != -1:
+                            selector.unregister(sock)
+                            sock.close()
         finally:
             for key in list(selector.get_map().values()):
                 if key.fileobj is not self._listener:
