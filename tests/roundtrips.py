@@ -15,9 +15,12 @@ however the bytes are split. Used by the tests and by
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import selectors
 import socket
 import threading
+import time
 from types import TracebackType
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -72,10 +75,18 @@ class RoundTripCounter:
     """A counting proxy in front of the server of ``url`` (``postgresql://user@host:port/db``).
 
     Use as a context manager; :attr:`url` is the same URL through the proxy
-    (without TLS, so that the proxy can read the messages).
+    (without TLS, so that the proxy can read the messages). It can also play
+    a network: ``delay`` seconds each way (a round trip costs twice that),
+    :meth:`stall` (a black hole: everything sent is swallowed, nothing
+    answered, no connection closed), :meth:`cut` (every connection dropped).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, delay: float = 0.0) -> None:
+        self.delay = delay
+        self._stalled = False
+        self._cut = False
+        self._due: list[tuple[float, int, socket.socket, bytes]] = []  # delayed bytes
+        self._sequence = 0
         parts = urlsplit(url)
         self._server = (parts.hostname or "127.0.0.1", parts.port or 5432)
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -99,6 +110,18 @@ class RoundTripCounter:
         with self._lock:
             self._count = 0
 
+    def stall(self) -> None:
+        """Swallow everything from now on, answering nothing (until :meth:`resume`)."""
+        self._stalled = True
+
+    def resume(self) -> None:
+        """Relay again."""
+        self._stalled = False
+
+    def cut(self) -> None:
+        """Drop every connection relayed now (as a restart or a cable pulled would)."""
+        self._cut = True
+
     def __enter__(self) -> RoundTripCounter:
         self._thread.start()
         return self
@@ -115,7 +138,16 @@ class RoundTripCounter:
         selector.register(self._listener, selectors.EVENT_READ, None)
         try:
             while not self._stop.is_set():
-                for key, _ in selector.select(timeout=0.05):
+                if self._cut:
+                    self._cut = False
+                    for key in list(selector.get_map().values()):
+                        if key.fileobj is not self._listener:
+                            selector.unregister(key.fileobj)
+                            key.fileobj.close()  # type: ignore[union-attr]
+                    self._due.clear()
+                wait = 0.05 if not self._due else max(0.0, min(0.05, self._due[0][0]
+                                                                   - time.monotonic()))
+                for key, _ in selector.select(timeout=wait):
                     if key.data is None:
                         client, _ = self._listener.accept()
                         server = socket.create_connection(self._server)
@@ -136,7 +168,14 @@ class RoundTripCounter:
                         waits = stream.waits_in(chunk)
                         with self._lock:
                             self._count += waits
+                    if chunk and self._stalled:  # a black hole
+                        continue
                     try:
+                        if chunk and self.delay:
+                            self._sequence += 1
+                            heapq.heappush(self._due, (time.monotonic() + self.delay,
+                                                       self._sequence, peer, chunk))
+                            continue
                         if chunk:
                             peer.sendall(chunk)
                             continue
@@ -146,6 +185,11 @@ class RoundTripCounter:
                         if sock.fileno() != -1:
                             selector.unregister(sock)
                             sock.close()
+                while self._due and self._due[0][0] <= time.monotonic():
+                    _, _, peer, chunk = heapq.heappop(self._due)
+                    if peer.fileno() != -1:
+                        with contextlib.suppress(OSError):
+                            peer.sendall(chunk)
         finally:
             for key in list(selector.get_map().values()):
                 if key.fileobj is not self._listener:
