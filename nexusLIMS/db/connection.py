@@ -15,15 +15,18 @@ how the tests see the SQL and the transactions.
 from __future__ import annotations
 
 import logging
+import random
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from nexusLIMS.db.backends import Backend, Begin, backend_for, insert_statement
 from nexusLIMS.db.backends.base import Result
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database, lock_timeout
 from nexusLIMS.db.databases import Database, Version, close_watches, database_at
+from nexusLIMS.db.errors import DatabaseUnavailableError
 from nexusLIMS.db.tables import INSTRUMENTS
 from nexusLIMS.db.trace import Tracer, active_tracers, traced
 
@@ -37,10 +40,14 @@ __all__ = [
     "connect",
     "data_version",
     "removed_if_failed",
+    "retrying",
     "tracing",
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.05, 1.0
 
 #: The values of a statement's placeholders.
 Params = Union[Sequence[Any], Mapping[str, Any]]
@@ -361,3 +368,53 @@ def removed_if_failed(location: DatabaseLocation) -> AbstractContextManager[None
     commands would take for a database.
     """
     return backend_for(location).removed_if_failed(location)
+
+
+def retrying(
+    call: Callable[[], T], *, resend: bool = True,
+    settle: Optional[Callable[[], Optional[T]]] = None,
+) -> T:
+    """Return ``call()``, riding through a lost connection (a server restarting, a cut).
+
+    A call that failed for a connection lost (or not made) is made again on
+    a new connection, after a pause that grows (50 ms to 1 s), until it
+    succeeds or ``nexusLIMS_db_timeout`` has passed since the first attempt;
+    then the last error is raised. A login refused or a database missing is
+    raised at once.
+
+    Parameters
+    ----------
+    call
+        The whole call: a transaction of its own (or several), which begins again.
+    resend
+        Whether the call may be made again after it may have reached the
+        server: only for calls that cannot write twice (reads, and writes
+        that find what an earlier attempt wrote: a log by its instant, a
+        status). Otherwise only a failure before anything was sent is retried.
+    settle
+        For a call that could write twice: after a failure that may have
+        reached the server, tells what the earlier attempt wrote (None:
+        nothing), by reading, before trying again.
+    """
+    deadline = time.monotonic() + lock_timeout()
+    pause = _FIRST_PAUSE
+    while True:
+        try:
+            return call()
+        except DatabaseUnavailableError as exc:
+            again = exc.transient and (resend or settle is not None or not exc.sent)
+            if not again or time.monotonic() + pause >= deadline:
+                raise
+            logger.info("%s; trying again in %.2f s", exc, pause)
+            reached = exc.sent
+        time.sleep(pause * random.uniform(0.8, 1.2))
+        pause = min(pause * 2, _LONGEST_PAUSE)
+        if reached and settle is not None:
+            done = _settled(settle, deadline)
+            if done is not None:
+                return done
+
+
+def _settled(settle: Callable[[], Optional[T]], deadline: float) -> Optional[T]:
+    """Return what ``settle`` reads (itself retried while the server is away)."""
+    return retrying(settle) if time.monotonic() < deadline else None

@@ -48,7 +48,22 @@ class DatabaseNotFoundError(DatabaseConfigError, FileNotFoundError):
 
 
 class DatabaseUnavailableError(NexusLIMSDBError, ConnectionError):
-    """The database server cannot be reached, refuses the login, or lacks the database."""
+    """The database server cannot be reached, refuses the login, or lacks the database.
+
+    Attributes
+    ----------
+    transient
+        Whether trying again may succeed (a server restarting, a network
+        cut), unlike a refused login or a missing database.
+    sent
+        Whether the call may have reached the server before the connection
+        failed (then only a call that cannot write twice is tried again).
+    """
+
+    def __init__(self, message: str, *, transient: bool = True, sent: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.sent = sent
 
 
 class UnsupportedDatabaseError(NexusLIMSDBError):

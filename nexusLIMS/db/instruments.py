@@ -19,7 +19,7 @@ import pytz
 
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import ENV_DB_PATH, DatabaseRef, configured_database
-from nexusLIMS.db.connection import Connection
+from nexusLIMS.db.connection import Connection, retrying
 from nexusLIMS.db.databases import Database, Version, configured_database_state
 from nexusLIMS.db.schema import INSTRUMENTS, transaction
 from nexusLIMS.db.timestamps import localize
@@ -248,10 +248,9 @@ class _Registry:
 
     def current(self, db: Database) -> dict[str, Instrument]:
         """Return the instruments of ``db`` as they are now (read again only if changed)."""
-        instruments, version = self.kept(db)
+        instruments, version = retrying(lambda: self.kept(db))  # (the watch may reconnect)
         if instruments is None:
-            with transaction(db.location, begin=None) as conn:  # one statement: one snapshot
-                instruments = self.store(_rows(conn), version)
+            instruments = self.store(retrying(lambda: _read_rows(db.location)), version)
         return instruments
 
 
@@ -261,6 +260,11 @@ def _registry(db: Database) -> _Registry:
 
 def _rows(conn: Connection) -> list[Row]:
     return [tuple(row) for row in conn.fetchall(queries.INSTRUMENT_ROWS)]
+
+
+def _read_rows(database: Optional[DatabaseRef]) -> list[Row]:
+    with transaction(database, begin=None) as conn:  # one statement: one snapshot
+        return _rows(conn)
 
 
 def read_instruments(conn: Connection) -> dict[str, Instrument]:
@@ -290,8 +294,11 @@ def load_instruments(database: Optional[DatabaseRef] = None) -> dict[str, Instru
     database
         The database; by default from ``nexusLIMS_db_path``.
     """
-    with transaction(database, begin=None) as conn:  # one statement: one snapshot
-        return read_instruments(conn)
+    def read() -> dict[str, Instrument]:
+        with transaction(database, begin=None) as conn:  # one statement: one snapshot
+            return read_instruments(conn)
+
+    return retrying(read)
 
 
 def current_instruments() -> dict[str, Instrument]:

@@ -10,15 +10,20 @@ runs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 from nexusLIMS.db.backends.translate import to_postgres
-from nexusLIMS.db.connection import Params
+from nexusLIMS.db.connection import Params, retrying
 from nexusLIMS.db.schema import transaction
 from nexusLIMS.db.timestamps import to_text
 
 __all__ = ["run_legacy_sql", "to_postgres"]
+
+_READS = re.compile(r"^\s*(?:SELECT|WITH|VALUES)\b", re.IGNORECASE)
+_WRITES = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|TRUNCATE|INTO)\b",
+                     re.IGNORECASE)
 
 
 def _params(args: Union[Sequence[Any], Mapping[str, Any], None]) -> Params:
@@ -47,6 +52,15 @@ def run_legacy_sql(
     UnsupportedSQLError
         On PostgreSQL, the SQL cannot be carried over; nothing ran.
     """
-    with transaction(begin=None, require_tables=False) as conn:
-        cursor = conn.execute(conn.backend.from_sqlite_sql(query), _params(args))
-        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+    def run() -> list[tuple[Any, ...]]:
+        with transaction(begin=None, require_tables=False) as conn:
+            cursor = conn.execute(conn.backend.from_sqlite_sql(query), _params(args))
+            return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+
+    # Over a lost connection, a read is made again; a write only if it never left.
+    return retrying(run, resend=_reads_only(query))
+
+
+def _reads_only(query: str) -> bool:
+    """Whether ``query`` only reads (a SELECT, with no statement in it that writes)."""
+    return bool(_READS.match(query)) and not _WRITES.search(query)

@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseRef
-from nexusLIMS.db.connection import Connection
+from nexusLIMS.db.connection import Connection, retrying
 from nexusLIMS.db.enums import WAITING_STATUSES, EventType, ProblemKind, RecordStatus, coerce
 from nexusLIMS.db.instruments import (
     read_instruments,
@@ -139,7 +139,9 @@ class SessionLog:
             valid; nothing is written.
         """
         logger.debug("Logging %s for %s", self.event_type, self.session_identifier)
-        _write_one(_checked_row(self), self)
+        row = _checked_row(self)
+        # Ridden through a lost connection: a second attempt finds what a first wrote.
+        retrying(lambda: _write_one(row, self))
         return True
 
 
@@ -463,8 +465,12 @@ def insert_logs(logs: Iterable[SessionLog], database: Optional[DatabaseRef] = No
     batch = _as_list(logs)
     if not batch:
         return 0
-    with transaction(database, begin="IMMEDIATE") as conn:
-        result = write_logs(conn, batch)
+    def write() -> WriteResult:
+        with transaction(database, begin="IMMEDIATE") as conn:
+            return write_logs(conn, batch)
+
+    # Ridden through a lost connection: a second attempt finds what a first wrote.
+    result = retrying(write)
     logger.debug("Inserted %d of %d session logs (%d revised)",
                  result.inserted, len(batch), result.revised)
     return result.inserted
@@ -562,15 +568,19 @@ def log_start(
                          session_identifier, user, at)
     except ValueError as exc:
         raise ValueError(f"Cannot start session {session_identifier!r}: {exc}") from None
-    with transaction(database, begin="IMMEDIATE") as conn:
-        existing = conn.fetchone(queries.STARTS_OF_SESSION, (session_identifier,))
-        if existing is not None:
-            start = StoredLog(*existing)
-            raise ValueError(
-                f"Session {session_identifier!r} already has a START log "
-                f"(id {start.id_session_log}, status {start.record_status}); not writing another"
-            )
-        write_logs(conn, [log])
+    def write() -> None:
+        with transaction(database, begin="IMMEDIATE") as conn:
+            existing = conn.fetchone(queries.STARTS_OF_SESSION, (session_identifier,))
+            if existing is not None:
+                start = StoredLog(*existing)
+                raise ValueError(
+                    f"Session {session_identifier!r} already has a START log "
+                    f"(id {start.id_session_log}, status {start.record_status}); "
+                    f"not writing another"
+                )
+            write_logs(conn, [log])
+
+    retrying(write, resend=False)  # a second START would be refused: only if none was sent
     logger.info("Logged START of session %s on %s", session_identifier, instrument)
     return log
 
@@ -621,47 +631,50 @@ def log_end(
                          session_identifier, user, at)
     except ValueError as exc:
         raise ValueError(f"Cannot end session {session_identifier!r}: {exc}") from None
-    with transaction(database, begin="IMMEDIATE") as conn:
-        instruments = read_instruments(conn)
-        require_instrument(instrument, instruments, log)
-        logs = [StoredLog(*row) for row in conn.fetchall(queries.LOGS_OF_SESSION,
-                                                         (session_identifier,))]
-        ends = [row for row in logs if row.event_type == EventType.END]
-        if ends:
-            raise ValueError(
-                f"Cannot end session {session_identifier!r}: it already has an END log "
-                f"(id {ends[0].id_session_log}, status {ends[0].record_status})"
-            )
-        waiting = RecordStatus.WAITING_FOR_END.value
-        starts = [row for row in logs
-                  if row.event_type == EventType.START and row.record_status == waiting]
-        if len(starts) != 1:
-            how_many = "no open START log" if not starts else f"{len(starts)} open START logs"
-            raise ValueError(
-                f"Cannot end session {session_identifier!r}: it has {how_many} "
-                f"(status {waiting}); expected exactly one"
-            )
-        start = starts[0]
-        end = StoredLog(0, session_identifier, instrument, log.timestamp, EventType.END.value,
-                        RecordStatus.TO_BE_BUILT.value, log.user)
-        _, problems = pair_problems(session_identifier, start, end,
-                                    instruments.get(start.instrument))
-        kinds = {kind for kind, _ in problems}
-        if ProblemKind.INSTRUMENT_MISMATCH in kinds:
-            raise ValueError(
-                f"Cannot end session {session_identifier!r} on {instrument!r}: "
-                f"it started on {start.instrument!r}"
-            )
-        if ProblemKind.END_BEFORE_START in kinds:
-            raise ValueError(
-                f"Cannot end session {session_identifier!r} at {log.timestamp}: "
-                f"it started later, at {start.timestamp}"
-            )
-        if problems:
-            raise ValueError(f"Cannot end session {session_identifier!r}: {problems[0][1]}")
-        if log.user is None:
-            log.user = start.user
-        write_logs(conn, [log])
-        set_status(conn, RecordStatus.TO_BE_BUILT, ids=[start.id_session_log])
+    def write() -> None:
+        with transaction(database, begin="IMMEDIATE") as conn:
+            instruments = read_instruments(conn)
+            require_instrument(instrument, instruments, log)
+            logs = [StoredLog(*row) for row in conn.fetchall(queries.LOGS_OF_SESSION,
+                                                             (session_identifier,))]
+            ends = [row for row in logs if row.event_type == EventType.END]
+            if ends:
+                raise ValueError(
+                    f"Cannot end session {session_identifier!r}: it already has an END log "
+                    f"(id {ends[0].id_session_log}, status {ends[0].record_status})"
+                )
+            waiting = RecordStatus.WAITING_FOR_END.value
+            starts = [row for row in logs
+                      if row.event_type == EventType.START and row.record_status == waiting]
+            if len(starts) != 1:
+                how_many = "no open START log" if not starts else f"{len(starts)} open START logs"
+                raise ValueError(
+                    f"Cannot end session {session_identifier!r}: it has {how_many} "
+                    f"(status {waiting}); expected exactly one"
+                )
+            start = starts[0]
+            end = StoredLog(0, session_identifier, instrument, log.timestamp, EventType.END.value,
+                            RecordStatus.TO_BE_BUILT.value, log.user)
+            _, problems = pair_problems(session_identifier, start, end,
+                                        instruments.get(start.instrument))
+            kinds = {kind for kind, _ in problems}
+            if ProblemKind.INSTRUMENT_MISMATCH in kinds:
+                raise ValueError(
+                    f"Cannot end session {session_identifier!r} on {instrument!r}: "
+                    f"it started on {start.instrument!r}"
+                )
+            if ProblemKind.END_BEFORE_START in kinds:
+                raise ValueError(
+                    f"Cannot end session {session_identifier!r} at {log.timestamp}: "
+                    f"it started later, at {start.timestamp}"
+                )
+            if problems:
+                raise ValueError(f"Cannot end session {session_identifier!r}: {problems[0][1]}")
+            if log.user is None:
+                log.user = start.user
+            write_logs(conn, [log])
+            set_status(conn, RecordStatus.TO_BE_BUILT, ids=[start.id_session_log])
+
+    retrying(write, resend=False)  # a second END would be refused: only if none was sent
     logger.info("Logged END of session %s on %s", session_identifier, instrument)
     return log

@@ -140,6 +140,9 @@ UNREVISE_LOG = (f"UPDATE {_LOG} SET timestamp = ?, {quote('user')} = ? "
 DROP_REVISION = (f"DELETE FROM {_REVISIONS} WHERE log_id = ? AND revised_timestamp = ? "
                  f"AND received_at = ?")
 
+#: The RECORD_GENERATION log of a session written at a time (parameters: identifier, time).
+RECORD_GENERATION_AT = (f"SELECT id_session_log FROM {_LOG} WHERE session_identifier = ? "
+                        f"AND event_type = '{_RECORD_GENERATION}' AND timestamp = ?")
 #: A RECORD_GENERATION log (its status is the column's default); conditions may be
 #: appended with AND.
 INSERT_RECORD_GENERATION = (

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseRef, record_user
-from nexusLIMS.db.connection import Connection, Statement
+from nexusLIMS.db.connection import Connection, Statement, retrying
 from nexusLIMS.db.enums import EventType, RecordStatus, coerce
 from nexusLIMS.db.errors import ConstraintError, ConstraintKind
 from nexusLIMS.db.instruments import Instrument, read_instruments
@@ -117,8 +117,12 @@ class Session:
             Nothing is written.
         """
         value = coerce(RecordStatus, status, "record_status").value
-        with transaction(self._database(), begin=None) as conn:
-            outcome = record_outcome(conn, self, value)
+
+        def record() -> Outcome:
+            with transaction(self._database(), begin=None) as conn:
+                return record_outcome(conn, self, value)
+
+        outcome = retrying(record)  # a status set twice is the same status
         if outcome.revisions:
             logger.warning(
                 "Session %r was revised while its record was built (%s); status %s not set: "
@@ -168,43 +172,53 @@ class Session:
                              f"identifier ({self.session_identifier!r})")
         timestamp = now_local_iso()
         identifier, token = self.session_identifier, self._claim_token()
-        with transaction(self._database(), begin=None) as conn:
-            if require_logs and not self._has_logs:  # refused, rolled back: before writing
-                conn.begin("WRITE")
-                if not conn.fetchone(queries.SESSION_HAS_LOGS, (identifier,)):
-                    raise ValueError(f"Cannot log RECORD_GENERATION for session "
-                                     f"{identifier!r}: it has no log in the database")
-                conn.rollback()
-            # One batch (one round trip to a server): whether the session has logs, and
-            # the insert, only while the claim (if any) is this builder's.
-            statements: list[Statement] = []
-            guard: list[tuple[str, tuple[Any, ...]]] = []
-            if token is not None:
-                statements.append((queries.CLAIM_HELD + conn.backend.lock_rows,
-                                   (identifier, token)))
-                guard.append((queries.CLAIM_IS_HELD, (identifier, token)))
-            if not self._has_logs:
-                statements.append((queries.SESSION_HAS_LOGS, (identifier,)))
-            statements.append((*_guarded(queries.INSERT_RECORD_GENERATION,
-                                         (pid, identifier, record_user(), timestamp), guard),
-                               "id_session_log"))
-            try:
-                results = conn.write_batch(statements, mode="WRITE")
-            except ConstraintError as exc:
-                if exc.kind is not ConstraintKind.FOREIGN_KEY:
+
+        def write() -> int:
+            with transaction(self._database(), begin=None) as conn:
+                if require_logs and not self._has_logs:  # refused, rolled back: before writing
+                    conn.begin("WRITE")
+                    if not conn.fetchone(queries.SESSION_HAS_LOGS, (identifier,)):
+                        raise ValueError(f"Cannot log RECORD_GENERATION for session "
+                                         f"{identifier!r}: it has no log in the database")
+                    conn.rollback()
+                # One batch (one round trip to a server): whether the session has logs, and
+                # the insert, only while the claim (if any) is this builder's.
+                statements: list[Statement] = []
+                guard: list[tuple[str, tuple[Any, ...]]] = []
+                if token is not None:
+                    statements.append((queries.CLAIM_HELD + conn.backend.lock_rows,
+                                       (identifier, token)))
+                    guard.append((queries.CLAIM_IS_HELD, (identifier, token)))
+                if not self._has_logs:
+                    statements.append((queries.SESSION_HAS_LOGS, (identifier,)))
+                statements.append((*_guarded(queries.INSERT_RECORD_GENERATION,
+                                             (pid, identifier, record_user(), timestamp), guard),
+                                   "id_session_log"))
+                try:
+                    results = conn.write_batch(statements, mode="WRITE")
+                except ConstraintError as exc:
+                    if exc.kind is not ConstraintKind.FOREIGN_KEY:
+                        raise
+                    conn.rollback()  # (PostgreSQL's transaction is void after an error)
+                    require_instrument(pid, read_instruments(conn), self)  # names the known ones
                     raise
-                conn.rollback()  # (PostgreSQL's transaction is void after an error)
-                require_instrument(pid, read_instruments(conn), self)  # names the known ones
-                raise
-        inserted, has_logs = results[-1], results[-2] if not self._has_logs else None
-        if not inserted[1]:
-            raise self._lost("log RECORD_GENERATION")
-        if has_logs is not None and not has_logs[0]:
-            logger.warning("Session %r has no log in the database; its RECORD_GENERATION was "
-                           "logged anyway", identifier)
+            inserted, has_logs = results[-1], results[-2] if not self._has_logs else None
+            if not inserted[1]:
+                raise self._lost("log RECORD_GENERATION")
+            if has_logs is not None and not has_logs[0]:
+                logger.warning("Session %r has no log in the database; its RECORD_GENERATION was "
+                               "logged anyway", identifier)
+            assert inserted[0] is not None
+            return int(inserted[0][0][0])
+
+        def settle() -> Optional[int]:  # a lost answer: was the row written?
+            with transaction(self._database(), begin=None) as conn:
+                found = conn.fetchone(queries.RECORD_GENERATION_AT, (identifier, timestamp))
+            return None if found is None else int(found[0])
+
+        log_id = retrying(write, resend=False, settle=settle)  # never written twice
         # The row as stored: the values written (a text column keeps them as they are).
-        assert inserted[0] is not None
-        return {"id_session_log": int(inserted[0][0][0]),
+        return {"id_session_log": log_id,
                 "event_type": EventType.RECORD_GENERATION.value,
                 "session_identifier": identifier, "timestamp": timestamp}
 
@@ -235,11 +249,15 @@ def set_session_status(
         message says to migrate it.
     """
     value = coerce(RecordStatus, status, "record_status").value
-    with transaction(database, begin="WRITE") as conn:
-        try:
-            return set_status(conn, value, session_identifier=session_identifier)
-        except ConstraintError as exc:
-            raise _unknown_status(exc, value) from exc
+
+    def write() -> int:
+        with transaction(database, begin="WRITE") as conn:
+            try:
+                return set_status(conn, value, session_identifier=session_identifier)
+            except ConstraintError as exc:
+                raise _unknown_status(exc, value) from exc
+
+    return retrying(write)  # a status set twice is the same status
 
 
 def handed_session(

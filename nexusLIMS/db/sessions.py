@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional
 
 from nexusLIMS.db import queries
 from nexusLIMS.db.config import DatabaseRef, mark_after
-from nexusLIMS.db.connection import Connection
+from nexusLIMS.db.connection import Connection, retrying
 from nexusLIMS.db.enums import WAITING_STATUSES, ProblemKind, RecordStatus
 from nexusLIMS.db.instruments import Instrument, reading_instruments
 from nexusLIMS.db.logs import logs_of, set_status, settle_outcomes
@@ -192,8 +192,11 @@ def find_session_problems(*, database: Optional[DatabaseRef] = None) -> list[Ses
         In order of the sessions' first log id; a session may have several.
         Empty when every TO_BE_BUILT log belongs to a buildable session.
     """
-    with transaction(database) as conn:
-        return pair_sessions(conn)[1] + late_revisions(conn)
+    def read() -> list[SessionProblem]:
+        with transaction(database) as conn:
+            return pair_sessions(conn)[1] + late_revisions(conn)
+
+    return retrying(read)
 
 
 def get_sessions_to_build(
@@ -252,6 +255,29 @@ def get_sessions_to_build(
     if on_error not in _ON_ERROR:
         raise ValueError(f"on_error must be one of {', '.join(_ON_ERROR)}, not {on_error!r}")
     # One round trip to a server: a snapshot's reads in one pipeline (a mark writes more).
+    sessions, problems, marked = retrying(lambda: _sessions_to_build(
+        on_error, database, instruments, exclude_claimed))
+    by_session: dict[str, list[str]] = {}
+    for problem in problems:
+        by_session.setdefault(problem.session_identifier, []).append(
+            f"{problem.kind.value}: {problem.detail}")
+    for identifier, reasons in by_session.items():
+        action = "Marked ERROR and skipped" if identifier in marked else "Skipping"
+        logger.warning("%s session %r: %s", action, identifier, "; ".join(reasons))
+    # A builder polls: a poll that found nothing is not news.
+    logger.log(logging.INFO if sessions else logging.DEBUG, "Found %i new sessions to build",
+               len(sessions))
+    return sessions
+
+
+def _sessions_to_build(
+    on_error: OnError, database: Optional[DatabaseRef],
+    instruments: Optional[Mapping[str, Instrument]], exclude_claimed: bool,
+) -> tuple[list[Session], list[SessionProblem], set[str]]:
+    """Read (and with ``mark``, mark) as :func:`get_sessions_to_build` does, in one transaction.
+
+    Returns the sessions, the problems and the sessions marked ERROR.
+    """
     with transaction(database, begin="IMMEDIATE" if on_error == "mark" else None) as conn:
         claims = exclude_claimed and has_table(conn, SESSION_CLAIMS.name)
         sessions, problems, extra = _pair(
@@ -266,23 +292,13 @@ def get_sessions_to_build(
                 first = problems[0]
             if first is not None:
                 raise ValueError(first.detail)
-        marked = set()
-        if problems and on_error == "mark":
+        marked: set[str] = set()
+        if problems and on_error == "mark":  # (again, in a retry: the same rows, ERROR again)
             marked = {p.session_identifier for p in problems if p.markable}
             set_status(conn, RecordStatus.ERROR, ids=[
                 log_id for p in problems if p.session_identifier in marked for log_id in p.log_ids])
             settle_outcomes(conn, marked)
-    by_session: dict[str, list[str]] = {}
-    for problem in problems:
-        by_session.setdefault(problem.session_identifier, []).append(
-            f"{problem.kind.value}: {problem.detail}")
-    for identifier, reasons in by_session.items():
-        action = "Marked ERROR and skipped" if identifier in marked else "Skipping"
-        logger.warning("%s session %r: %s", action, identifier, "; ".join(reasons))
-    # A builder polls: a poll that found nothing is not news.
-    logger.log(logging.INFO if sessions else logging.DEBUG, "Found %i new sessions to build",
-               len(sessions))
-    return sessions
+    return sessions, problems, marked
 
 
 def repair_duplicate_ends(

@@ -201,15 +201,32 @@ class PostgresServer:
                 shutil.chown(self.folder, "postgres")
             self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
                       "--no-sync", "-E", "UTF8", "--locale=C")
-            settings = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} "
-                        f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                        f"-c max_connections=200")
-            self._run("pg_ctl", "-D", str(self.data), "-o", settings, "-l",
-                      str(self.folder / "log"), "-w", "start")
+            self.resume()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def pause(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its cluster (as an outage would); :meth:`resume` starts it."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server of the cluster; return once it accepts connections."""
+        settings = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} "
+                    f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                    f"-c max_connections=200")
+        self._run("pg_ctl", "-D", str(self.data), "-o", settings, "-l",
+                  str(self.folder / "log"), "-w", "start")
+
+    def restart(self, mode: str = "fast") -> None:
+        """Restart the server (``pg_ctl restart -m fast|smart|immediate``), as an admin would.
+
+        ``fast`` ends every session cleanly; ``immediate`` kills the server's
+        processes, as a crash would. Returns once the server accepts connections.
+        """
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-l", str(self.folder / "log"),
+                  "-w", "restart")
 
     def stop(self) -> None:
         """Stop the server (if it runs) and remove its folder; calling it again does nothing."""

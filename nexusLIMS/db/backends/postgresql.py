@@ -52,6 +52,9 @@ WRITERS_LOCK = 0x4E584C4D
 #: Seconds a wait for the server may last beyond nexusLIMS_db_timeout (the lock
 #: waits it bounds end first, with their own clear error).
 _GRACE = 4.0
+#: Seconds a caller waits for a pool that cannot reach its server, before a new
+#: pool tries at once (the pool's own attempts grow further apart).
+_AWAY_WAIT = 0.5
 #: Seconds an unused connection stays open beyond the one a process keeps.
 _MAX_IDLE = 1.0
 _MAX_MS = 2**31 - 1  # the largest lock_timeout PostgreSQL takes, in milliseconds
@@ -183,6 +186,30 @@ def _told(exc: BaseException, location: DatabaseLocation) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+class _Result:
+    """What one statement of a query of several gave: its rows, like a cursor's."""
+
+    def __init__(self, rows: Optional[list[tuple[Any, ...]]], rowcount: int,
+                 description: Any) -> None:
+        self.rows = rows or []
+        self.rowcount = rowcount
+        self.description = description
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        """Return the rows not fetched yet."""
+        rows, self.rows = self.rows, []
+        return rows
+
+    def fetchone(self) -> Optional[tuple[Any, ...]]:
+        """Return the next row, or None."""
+        return self.rows.pop(0) if self.rows else None
+
+    def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        """Return up to ``size`` of the rows not fetched yet."""
+        rows, self.rows = self.rows[:size], self.rows[size:]
+        return rows
+
+
 class _Watchdog:
     """Cuts the connection of a call that waits for the server longer than its limit.
 
@@ -248,18 +275,45 @@ class _Connection(psycopg.Connection[Any]):
         self.pending: list[tuple[str, Any, bool]] = []
         #: Whether a transaction was begun (perhaps not yet sent) and not ended.
         self.begun = False
+        #: The session's settings, as last sent (see ``_session_settings``).
+        self.settings: dict[str, Any] = {}
 
     def send(self, statements: Sequence[tuple[str, Any, bool]]) -> list[Any]:
         """Send what is pending and ``statements`` in one round trip; return their cursors."""
         pending, self.pending = self.pending, []
-        if not pending and len(statements) == 1 and not statements[0][2]:
-            sql, params, _ = statements[0]
+        batch = [*pending, *statements]
+        if len(batch) == 1 and not batch[0][2]:
+            sql, params, _ = batch[0]
             return [self.execute(sql, params)]
+        if self.begun and batch[-1][0] not in ("COMMIT", "ROLLBACK"):
+            # The transaction stays open: one simple query, after which the server
+            # ends a session idle in it for too long (after a pipeline's last
+            # message, a flush request, PostgreSQL never does).
+            return self._send_simple(batch)[len(pending):]
         with self.pipeline():
-            for sql, params, many in pending:
-                self._send(sql, params, many)
-            cursors = [self._send(sql, params, many) for sql, params, many in statements]
-        return cursors
+            cursors = [self._send(sql, params, many) for sql, params, many in batch]
+        return cursors[len(pending):]
+
+    def _send_simple(self, batch: Sequence[tuple[str, Any, bool]]) -> list[_Result]:
+        """Send ``batch`` as one query of several statements, values bound here."""
+        cursor = psycopg.ClientCursor(self)
+        texts: list[str] = []
+        sizes: list[int] = []
+        for sql, params, many in batch:
+            rows = params if many else [params]
+            texts += [cursor.mogrify(sql, row) for row in rows]
+            sizes.append(len(rows))
+        cursor.execute(";\n".join(texts), prepare=False)
+        results: list[_Result] = []
+        for size in sizes:
+            count, found, description = 0, None, None
+            for _ in range(size):
+                if cursor.description is not None:
+                    found, description = cursor.fetchall(), cursor.description
+                count += max(cursor.rowcount, 0)
+                cursor.nextset()
+            results.append(_Result(found, count, description))
+        return results
 
     def _send(self, sql: str, params: Any, many: bool) -> Any:
         if not many:
@@ -327,12 +381,10 @@ def _connection_settings(location: DatabaseLocation, zone: str) -> dict[str, Any
             f"The URL of PostgreSQL {_where(location)} ({location}, from {location.source}) "
             f"is not valid: {_told(exc, location)}") from None
     timeout = lock_timeout()
-    bound = _milliseconds(timeout + _GRACE / 2)
     keepalive = max(1, min(int(timeout / 3) or 1, 60))
-    server_options = (f"-c TimeZone={zone} -c statement_timeout={bound} "
-                      f"-c idle_in_transaction_session_timeout={_milliseconds(max(timeout, 1))} "
-                      f"-c tcp_keepalives_idle={keepalive} -c tcp_keepalives_interval={keepalive} "
-                      f"-c tcp_keepalives_count=3")
+    server_options = " ".join(f"-c {name}={value}" for name, value in {
+        **_session_settings(zone), "tcp_keepalives_idle": keepalive,
+        "tcp_keepalives_interval": keepalive, "tcp_keepalives_count": 3}.items())
     return {
         "autocommit": True,
         "connect_timeout": int(max(2, min(timeout, 10))),
@@ -343,16 +395,34 @@ def _connection_settings(location: DatabaseLocation, zone: str) -> dict[str, Any
     }
 
 
+def _session_settings(zone: str) -> dict[str, Any]:
+    """Return the server's settings of a session: its time zone and limits, as of now."""
+    timeout = lock_timeout()
+    return {"TimeZone": zone, "statement_timeout": _milliseconds(timeout + _GRACE / 2),
+            "idle_in_transaction_session_timeout": _milliseconds(max(timeout, 1))}
+
+
 def _connect(location: DatabaseLocation, zone: str) -> _Connection:
     """Open one connection (the real reason, plainly, if the server refuses it)."""
     try:
         raw = _Connection.connect(location.target, **_connection_settings(location, zone))
     except psycopg.Error as exc:
         raise DatabaseUnavailableError(
-            f"Cannot connect to PostgreSQL {_where(location)} ({location}): {_told(exc, location)}"
-        ) from None
+            f"Cannot connect to PostgreSQL {_where(location)} ({location}): "
+            f"{_told(exc, location)}", transient=_transient(exc), sent=False) from None
     raw.limit = lock_timeout() + _GRACE
+    raw.settings = _session_settings(zone)
     return raw
+
+
+def _transient(exc: psycopg.Error) -> bool:
+    """Whether a failure to connect may pass: no answer, a server starting or stopping.
+
+    A refused login (SQLSTATE class 28), a missing database (3D000) and the
+    like do not pass by themselves.
+    """
+    state = exc.sqlstate or ""
+    return state == "" or state[:2] in ("08", "57") or state == "53300"  # too many connections
 
 
 def _pool_wait() -> float:
@@ -426,28 +496,31 @@ class _Server:
 
     def take(self, *, create: bool, foreign_keys: bool) -> Any:
         pool = self._open_pool()
+        # While the pool cannot reach the server, it tries again less and less
+        # often: a caller asks briefly, then a new pool connects at once.
+        away = self.last_error
         try:
-            raw = pool.getconn(timeout=_pool_wait())
+            raw = pool.getconn(timeout=_AWAY_WAIT if away else _pool_wait())
         except PoolTimeout:
+            if away:  # a new pool, at once: connected if the server is back, or says why not
+                self._discard(pool)
+                return self.take(create=create, foreign_keys=foreign_keys)
             reason = self.last_error or "all its connections are busy"
             raise DatabaseUnavailableError(
                 f"No connection to PostgreSQL {_where(self.location)} within {ENV_TIMEOUT} "
-                f"({lock_timeout():g} s): {reason}") from None
+                f"({lock_timeout():g} s): {reason}", sent=False) from None
         except PoolClosed:  # closed meanwhile: a new pool next time
             with self._lock:
                 self._pool = None
             return self.take(create=create, foreign_keys=foreign_keys)
         raw.limit = lock_timeout() + _GRACE
         raw.pool = pool
-        # The session's zone is what the server reports; the local offset may
-        # have changed since (daylight saving time).
-        zone = _local_timezone()
-        if raw.info.parameter_status("TimeZone") != zone:
-            try:
-                raw.execute(f"SET TimeZone = '{zone}'")
-            except BaseException:
-                pool.putconn(raw)
-                raise
+        # The settings of the moment (the local offset moves with daylight saving
+        # time; nexusLIMS_db_timeout may have changed): sent with the first statement.
+        for name, value in _session_settings(_local_timezone()).items():
+            if raw.settings.get(name) != value:
+                raw.pending.append((f"SET {name} = '{value}'", (), False))
+                raw.settings[name] = value
         return raw
 
     def give(self, raw: Any) -> None:
@@ -463,6 +536,14 @@ class _Server:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+
+    def _discard(self, pool: ConnectionPool[_Connection]) -> None:
+        """Drop ``pool``: the next caller opens a new one (closed aside: it may be connecting)."""
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        threading.Thread(target=pool.close, name="nexuslims-db pool closing",
+                         daemon=True).start()
 
     def stats(self) -> dict[str, int]:
         """Return the pool's figures (``pool_size``, ``pool_available``, ...; see psycopg_pool)."""
@@ -630,6 +711,8 @@ class _PostgreSQL:
         if raw.info.transaction_status == TransactionStatus.IDLE and (
                 statement == "ROLLBACK" or all(sql.startswith(_BEGIN_WORDS)
                                                for sql, _, _ in raw.pending)):
+            if any(sql.startswith("SET ") for sql, _, _ in raw.pending):
+                raw.settings = {}  # not sent after all: sent with the next call
             raw.pending.clear()  # nothing of it reached the server: nothing to end
             return
         _run(raw, statement)
@@ -646,6 +729,11 @@ class _PostgreSQL:
                 f"{ENV_TIMEOUT} ({lock_timeout():g} s); try again, or raise {ENV_TIMEOUT}")
         if isinstance(exc, psycopg.IntegrityError):
             return _constraint_error(exc, statement)
+        if isinstance(exc, pg_errors.IdleInTransactionSessionTimeout):
+            return DatabaseUnavailableError(
+                f"PostgreSQL {_where(location)} ended the session: it was idle in a transaction "
+                f"for longer than {ENV_TIMEOUT} ({lock_timeout():g} s), so that its locks hold "
+                f"up no one: {message}")
         if isinstance(exc, psycopg.OperationalError) \
                 and not isinstance(exc, pg_errors.QueryCanceled):
             return DatabaseUnavailableError(
