@@ -1068,7 +1068,11 @@ def test_info_on_an_empty_database(nexuslims_database: DatabaseLocation, run: Ru
                         f"({nexuslims_database.backend})")
     assert lines[1] == f"schema version          {SCHEMA_VERSION}"
     assert re.fullmatch(r"size                    \d+\.\d MB", lines[2])
-    assert lines[3:] == [
+    assert re.fullmatch(r"server                  (SQLite 3\.\d+\.\d+ \(a library: no server\)|"
+                        r"PostgreSQL \d+\.\d+)", lines[3])
+    assert re.fullmatch(r"connections             (one per call \(a file\)|"
+                        r"1 open, 0 idle, at most 8 \(\$nexusLIMS_db_pool_size\))", lines[4])
+    assert lines[5:] == [
         "instruments             0",
         "sessions to build       0",
         "oldest WAITING_FOR_END  none",
@@ -1081,6 +1085,8 @@ def test_info_on_an_empty_database(nexuslims_database: DatabaseLocation, run: Ru
     info = json.loads(out)
     assert info["size_bytes"] > 0
     del info["size_bytes"]
+    assert info.pop("server") == lines[3].split(None, 1)[1]
+    assert info.pop("connections") in ({}, {"open": 1, "idle": 0, "most": 8})
     assert info == {
         "database": str(nexuslims_database), "backend": nexuslims_database.backend,
         "schema_version": SCHEMA_VERSION, "current_schema_version": SCHEMA_VERSION,
@@ -1096,13 +1102,13 @@ def test_info_on_the_demo_database(demo_db: DatabaseLocation, run: Run) -> None:
     code, out, err = run(*db, "info")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[3:5] == ["instruments             3", "sessions to build       3"]
-    assert lines[5].startswith(f"oldest WAITING_FOR_END  {DEMO_WAITING} on {QUANTA}, "
+    assert lines[5:7] == ["instruments             3", "sessions to build       3"]
+    assert lines[7].startswith(f"oldest WAITING_FOR_END  {DEMO_WAITING} on {QUANTA}, "
                                f"started 2024-05-07T08:30:00-04:00 (")
-    assert lines[5].endswith(" ago)")
-    assert lines[6] == (f"problems                1 "
+    assert lines[7].endswith(" ago)")
+    assert lines[8] == (f"problems                1 "
                         f"(see 'nexuslims-db --db {shlex.quote(demo_db.target)} check')")
-    assert [line.split() for line in lines[8:]] == [
+    assert [line.split() for line in lines[10:]] == [
         ["EVENT", "STATUS", "COUNT"],
         ["END", "COMPLETED", "1"],
         ["END", "TO_BE_BUILT", "3"],
@@ -1230,7 +1236,8 @@ def test_stored_control_characters_are_printed_escaped(
     assert (code, err) == (0, "")
     assert "\x1b" not in out
     assert f"oldest WAITING_FOR_END  wait\\x1b[2J\\nC on {shown_pid}, started" in out
-    assert all(line.startswith(("  ", "database ", "schema version ", "size ", "instruments ",
+    assert all(line.startswith(("  ", "database ", "schema version ", "size ", "server ",
+                                "connections ", "instruments ",
                                 "sessions to build       ", "oldest WAITING_FOR_END ", "problems ",
                                 "logs by event and status:")) for line in out.splitlines())
 

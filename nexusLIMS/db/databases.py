@@ -79,6 +79,12 @@ class Database:
         else:
             pool.give(raw)
 
+    def pool_stats(self) -> dict[str, int]:
+        """Return figures of the connections the pool keeps (empty: it keeps none)."""
+        with self._lock:
+            pool = self._pool
+        return {} if pool is None else pool.stats()
+
     def close_pool(self) -> None:
         """Close the pool's kept connections."""
         with self._lock:

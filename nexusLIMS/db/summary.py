@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta, tzinfo
 from typing import Optional
 
@@ -42,6 +42,11 @@ class DatabaseSummary:
         running?), and how long ago it started, if any.
     problems
         What ``check`` reports.
+    server
+        What serves the database, with its version.
+    connections
+        The connections this process keeps to it: ``open``, ``idle`` and
+        ``most`` (none for a file, opened per call).
     """
 
     location: DatabaseLocation
@@ -52,6 +57,8 @@ class DatabaseSummary:
     sessions_to_build: int
     oldest_waiting: Optional[tuple[StoredLog, Optional[timedelta]]]
     problems: tuple[SessionProblem, ...]
+    server: str = ""
+    connections: dict[str, int] = field(default_factory=dict)
 
 
 def summarize(database: Optional[DatabaseRef] = None) -> DatabaseSummary:
@@ -85,6 +92,8 @@ def summarize(database: Optional[DatabaseRef] = None) -> DatabaseSummary:
             sessions_to_build=len(sessions),
             oldest_waiting=oldest,
             problems=tuple(problems + late_revisions(conn)),
+            server=conn.backend.server_version(conn.raw),
+            connections=conn.database.pool_stats(),
         )
 
 

@@ -40,6 +40,9 @@ class Pool(Protocol):
     def close(self) -> None:
         """Close every connection kept."""
 
+    def stats(self) -> dict[str, int]:
+        """Return figures of the connections kept (``open``, ``idle``, ``most``), if any."""
+
 
 class Backend(Protocol):
     """What the package needs from a database (see :mod:`nexusLIMS.db.backends`)."""
@@ -196,6 +199,9 @@ class Backend(Protocol):
 
     def size(self, raw: Any, location: DatabaseLocation) -> Optional[int]:
         """Return the size of the database in bytes, if known."""
+
+    def server_version(self, raw: Any) -> str:
+        """Return what serves the database, with its version (``PostgreSQL 15.18``)."""
 
     # --- migration mechanics --------------------------------------------------------
 

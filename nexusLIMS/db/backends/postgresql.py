@@ -546,9 +546,12 @@ class _Server:
                          daemon=True).start()
 
     def stats(self) -> dict[str, int]:
-        """Return the pool's figures (``pool_size``, ``pool_available``, ...; see psycopg_pool)."""
         pool = self._pool
-        return {} if pool is None else dict(pool.get_stats())
+        if pool is None:
+            return {"open": 0, "idle": 0, "most": pool_size()}
+        figures = pool.get_stats()
+        return {"open": figures.get("pool_size", 0), "idle": figures.get("pool_available", 0),
+                "most": pool.max_size}
 
 
 class _Listener:
@@ -790,6 +793,10 @@ class _PostgreSQL:
         _run(raw, create)
         _run(raw, f"DELETE FROM {POSTGRESQL_DDL.version_table}")
         _run(raw, insert)
+
+    def server_version(self, raw: Any) -> str:
+        version = int(raw.info.server_version)  # e.g. 150018
+        return f"PostgreSQL {version // 10000}.{version % 10000}"
 
     def size(self, raw: Any, location: DatabaseLocation) -> Optional[int]:
         size = _scalar(raw, "SELECT pg_database_size(current_database())")

@@ -213,6 +213,9 @@ class _Files:
     def close(self) -> None:
         """Nothing is kept."""
 
+    def stats(self) -> dict[str, int]:
+        return {}
+
 
 class _SQLite:
     """The SQLite backend (see :class:`~nexusLIMS.db.backends.Backend`)."""
@@ -410,6 +413,9 @@ class _SQLite:
 
     def size(self, raw: Any, location: DatabaseLocation) -> Optional[int]:
         return location.path.stat().st_size
+
+    def server_version(self, raw: Any) -> str:
+        return f"SQLite {sqlite3.sqlite_version} (a library: no server)"
 
     # --- migration mechanics -----------------------------------------------------
 

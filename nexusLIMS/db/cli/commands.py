@@ -19,7 +19,7 @@ from nexusLIMS.db.cli.output import (
     table,
     to_json,
 )
-from nexusLIMS.db.config import locate_database
+from nexusLIMS.db.config import ENV_POOL_SIZE, locate_database
 from nexusLIMS.db.instruments import (
     Instrument,
     add_instrument,
@@ -293,6 +293,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             "schema_version": summary.schema_version,
             "current_schema_version": SCHEMA_VERSION,
             "size_bytes": summary.size_bytes,
+            "server": summary.server,
+            "connections": summary.connections,
             "instruments": summary.instruments,
             "logs": [{"event_type": e, "record_status": s, "count": c}
                      for e, s, c in summary.log_counts],
@@ -324,6 +326,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("database", f"{summary.location} ({summary.location.backend})"),
         ("schema version", version),
         ("size", size),
+        ("server", summary.server),
+        ("connections", _connections(summary.connections)),
         ("instruments", str(summary.instruments)),
         ("sessions to build", str(summary.sessions_to_build)),
         ("oldest WAITING_FOR_END", waiting),
@@ -336,6 +340,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         [(e, s, str(c)) for e, s, c in summary.log_counts]).splitlines()]
     print("\n".join(lines))
     return 0
+
+
+def _connections(figures: dict[str, int]) -> str:
+    """Describe the connections this process keeps."""
+    if not figures:
+        return "one per call (a file)"
+    return (f"{figures['open']} open, {figures['idle']} idle, at most {figures['most']} "
+            f"(${ENV_POOL_SIZE})")
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
