@@ -128,7 +128,7 @@ def restartable(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Post
     bindir = postgres_bindir()
     if bindir is None:
         pytest.fail("PostgreSQL's server programs are needed")
-    with PostgresServer(bindir) as server:
+    with PostgresServer(bindir, durable=True) as server:  # (a crash keeps what was committed)
         location = init_db(locate_database(server.url, must_exist=False))
         monkeypatch.setenv("nexusLIMS_db_path", location.target)
         add_sample_instruments()

@@ -155,15 +155,17 @@ class PostgresServer:
     """A throwaway PostgreSQL server in a temporary folder, on a free loopback port.
 
     ``PostgresServer(bindir).start()`` creates the cluster (trust
-    authentication, user ``postgres``; fsync off: for tests only) and starts
+    authentication, user ``postgres``; fsync off unless ``durable``: for tests only) and starts
     the server; :attr:`url` reaches it. :meth:`stop` stops it and removes
     its folder; it runs at the latest when the process exits, or on SIGTERM,
     or (through the watchdog) soon after the process was killed. It is also
     a context manager.
     """
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = Path(bindir)
+        #: Whether a commit survives a crash (fsync on): needed to test one; slower.
+        self.durable = durable
         self.folder = Path(tempfile.mkdtemp(prefix="nexuslims-pg-"))
         self.port = _free_port()
         self.as_root = _as_root()
@@ -213,9 +215,10 @@ class PostgresServer:
 
     def resume(self) -> None:
         """Start the server of the cluster; return once it accepts connections."""
+        unsafe = "" if self.durable else \
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
         settings = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} "
-                    f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                    f"-c max_connections=200")
+                    f"{unsafe}-c max_connections=200")
         self._run("pg_ctl", "-D", str(self.data), "-o", settings, "-l",
                   str(self.folder / "log"), "-w", "start")
 
