@@ -123,8 +123,11 @@ ENTRY_POINTS: dict[str, Callable[[str], object]] = {
 @pytest.mark.parametrize("entry", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
 @pytest.mark.parametrize("case", ["closed port", "missing database", "wrong user"])
 def test_an_unusable_server_is_a_clear_error_without_the_password(
-    nexuslims_postgres_server: str, entry: Callable[[str], object], case: str
+    nexuslims_postgres_server: str, entry: Callable[[str], object], case: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A closed port may be a server restarting: tried again within the timeout.
+    monkeypatch.setenv(ENV_TIMEOUT, "1")
     name = f"nexuslims_missing_{uuid.uuid4().hex[:8]}"
     port = urlsplit(nexuslims_postgres_server).port
     url = {
@@ -434,3 +437,19 @@ def test_a_very_long_lock_timeout_works(
     assert insert_logs([log("s", "START", "2021-05-01T10:00:00")]) == 1
     assert [r.session_identifier for r in rows()] == ["s"]
 
+
+
+@pytest.mark.parametrize("case", ["closed port", "wrong user", "missing database"])
+def test_only_a_server_that_may_come_back_is_asked_again(
+    nexuslims_postgres_server: str, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_TIMEOUT, "1")
+    name = f"nexuslims_missing_{uuid.uuid4().hex[:8]}"
+    url = {"closed port": _url(nexuslims_postgres_server, port=_closed_port()),
+           "wrong user": _url(nexuslims_postgres_server, user=name),
+           "missing database": _url(nexuslims_postgres_server, database=name)}[case]
+    with pytest.raises(DatabaseUnavailableError) as raised:
+        load_instruments(url)
+    # A refused login or a missing database is said at once (no login tried again).
+    assert raised.value.transient is (case == "closed port")
+    assert raised.value.sent is False

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import itemgetter
-from typing import Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
 
 from nexusLIMS.db.enums import EventType, ProblemKind, RecordStatus
 from nexusLIMS.db.instruments import Instrument
@@ -40,7 +40,6 @@ PairRow = tuple[int, str, str, str, Optional[str], str]
 _START, _END = EventType.START.value, EventType.END.value
 _TBB = RecordStatus.TO_BE_BUILT.value
 _ZERO = timedelta(0)
-_TAKEN = ("an END already paired",)
 #: What 1.4's error for several ENDs gains: the command that fixes such a session.
 REPAIR_HINT = ("; if the later END revises the earlier one, 'nexuslims-db repair' keeps "
                "the newest END")
@@ -215,9 +214,9 @@ class Pairing(Generic[S]):
     """One pass of pairing: the sessions of the rows it is fed, and the suspects.
 
     Feed it the rows of the pairing index (:meth:`take_index_rows`, then
-    :meth:`take_lone_ends` if the ENDs do not add up) or of a scan of the
-    waiting logs (:meth:`take_scan`); then give :meth:`diagnose` the logs of
-    the :attr:`suspects`, and take the sessions from :meth:`result`.
+    :meth:`take_lone_ends` if the ENDs do not add up) or the waiting STARTs
+    and ENDs (:meth:`take_scan`); then give :meth:`diagnose` the logs of the
+    :attr:`suspects`, and take the sessions from :meth:`result`.
     """
 
     def __init__(self, instruments: dict[str, Instrument], now: datetime, mark_after: timedelta,
@@ -305,44 +304,47 @@ class Pairing(Generic[S]):
             if has_start:  # its START may have paired with another END
                 self.recheck.add(identifier)
 
-    def take_scan(self, rows: list[tuple[Any, ...]]) -> None:
-        """Pair the waiting START and END logs, read in any order, grouped here.
+    def take_scan(self, starts: list[tuple[Any, ...]], ends: list[tuple[Any, ...]]) -> None:
+        """Pair the waiting STARTs with the waiting ENDs, both read in any order.
 
-        Rows are ``(id, identifier, pid, timestamp, user, event type)``. A
-        first pass files each identifier's END; a second pairs each START with
-        it, leaving its place taken so that a second START is caught.
+        ``starts`` are ``(id, identifier, pid, timestamp, user)``; ``ends``
+        ``(identifier, pid, timestamp)``. Each identifier's END is filed, then
+        each START takes its END away, so that a second START (or a START
+        without an END) finds none, and an END left over has no START. The
+        usual pair is accepted inline (the hot path); :meth:`pair` judges
+        anything else.
         """
-        suspects = self.suspects
-        ends: dict[str, Any] = {}
-        for row in rows:
-            if row[5] != _START and ends.setdefault(row[1], row) is not row:
-                suspects[row[1]] = None  # two ENDs
-        taken = [0]
-        self.pair_all(self._scanned_pairs(rows, ends, taken))
-        if len(ends) != taken[0]:
-            suspects.update((identifier, None) for identifier, end in ends.items()
-                            if end is not _TAKEN)  # ENDs without a START
-
-    def _scanned_pairs(
-        self, rows: list[tuple[Any, ...]], ends: dict[str, Any], taken: list[int]
-    ) -> Iterator[PairRow]:
-        suspects, get_end = self.suspects, ends.get
-        for log_id, identifier, pid, start, user, event in rows:
-            if event != _START:
+        suspects, recheck = self.suspects, self.recheck
+        by_identifier: dict[str, Any] = {}
+        for end in ends:
+            if by_identifier.setdefault(end[0], end) is not end:
+                suspects[end[0]] = None  # two ENDs
+        take_end = by_identifier.pop
+        get_instrument, fromisoformat = self.instruments.get, datetime.fromisoformat
+        append, make = self.sessions.append, self.make
+        for log_id, identifier, pid, start, user in starts:
+            end = take_end(identifier, None)
+            if end is None:  # none, or a second START: the first may have been paired
+                suspects[identifier] = None
+                recheck.add(identifier)
                 continue
-            end = get_end(identifier)
-            if end is None:
+            if end[1] != pid or identifier in suspects:
                 suspects[identifier] = None
-            elif end is _TAKEN:  # a second START: the first may have been paired
-                suspects[identifier] = None
-                self.recheck.add(identifier)
+                continue
+            stop = end[2]
+            instrument = get_instrument(pid)
+            try:
+                dt_from, dt_to = fromisoformat(start), fromisoformat(stop)
+            except (TypeError, ValueError):
+                self.pair(log_id, identifier, pid, start, user, stop)
+                continue
+            if (instrument is not None and 1 < dt_from.year < 9999 and 1 < dt_to.year < 9999
+                    and (dt_from.tzinfo is None) is (dt_to.tzinfo is None) and dt_to >= dt_from):
+                append((log_id, make(identifier, instrument, (dt_from, dt_to), user,
+                                     (start, stop))))
             else:
-                ends[identifier] = _TAKEN
-                taken[0] += 1
-                if end[2] != pid or identifier in suspects:
-                    suspects[identifier] = None
-                else:
-                    yield log_id, identifier, pid, start, user, end[3]
+                self.pair(log_id, identifier, pid, start, user, stop)
+        suspects.update((identifier, None) for identifier in by_identifier)  # no START
 
     def diagnose(self, logs: Iterable[StoredLog]) -> list[SessionProblem]:
         """Look at the suspects log by log (``logs``: every stored log of the suspects).

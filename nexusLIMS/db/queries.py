@@ -219,12 +219,14 @@ LONE_ENDS = (
     f"WHERE s.record_status = '{_TBB}' AND s.event_type = '{_START}' "
     f"AND s.session_identifier = e.session_identifier) FROM ({_ENDS_WITHOUT_STARTS}) AS e"
 )
-#: The TO_BE_BUILT STARTs and ENDs, to pair without the pairing index.
-TO_BE_BUILT_LOGS = (
-    f"SELECT id_session_log, session_identifier, instrument, timestamp, {quote('user')}, "
-    f"event_type FROM {_LOG} WHERE record_status = '{_TBB}' "
-    f"AND event_type IN ('{_START}', '{_END}')"
+#: The TO_BE_BUILT STARTs, to pair without the pairing index (with :data:`WAITING_ENDS`).
+WAITING_STARTS_TO_PAIR = (
+    f"SELECT id_session_log, session_identifier, instrument, timestamp, {quote('user')} "
+    f"FROM {_LOG} WHERE record_status = '{_TBB}' AND event_type = '{_START}'"
 )
+#: The TO_BE_BUILT ENDs, to pair without the pairing index.
+WAITING_ENDS = (f"SELECT session_identifier, instrument, timestamp FROM {_LOG} "
+                f"WHERE record_status = '{_TBB}' AND event_type = '{_END}'")
 #: Sessions with several TO_BE_BUILT ENDs: those ENDs, in id order.
 DUPLICATE_ENDS = select_logs(
     f"record_status = '{_TBB}' AND event_type = '{_END}' AND session_identifier IN ("

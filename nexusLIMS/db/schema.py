@@ -53,6 +53,7 @@ __all__ = [
     "Index",
     "Table",
     "forget",
+    "has_index",
     "has_table",
     "init_db",
     "inspect",
@@ -168,12 +169,27 @@ class _Verified:
     """What was verified of a server database: it does not turn into another application's."""
 
     info: Optional[DatabaseInfo] = None
+    #: The indexes of each table, once asked for.
+    indexes: dict[str, frozenset[str]]
+
+    def __init__(self) -> None:
+        self.indexes = {}
 
 
 def has_table(conn: Connection, name: str) -> bool:
     """Whether the open database has the table ``name`` (schema versions differ)."""
     info = conn.database.state(_VERIFIED, _Verified).info
     return name in (info.tables if info is not None else conn.backend.table_names(conn.raw))
+
+
+def has_index(conn: Connection, table: str, name: str) -> bool:
+    """Whether the open database has the index ``name`` on ``table`` (asked once of a server)."""
+    verified = conn.database.state(_VERIFIED, _Verified)
+    if verified.info is None:  # a file: it may have changed since
+        return name in conn.backend.index_names(conn.raw, table)
+    if table not in verified.indexes:
+        verified.indexes[table] = frozenset(conn.backend.index_names(conn.raw, table))
+    return name in verified.indexes[table]
 
 
 def forget(location: DatabaseLocation) -> None:

@@ -260,6 +260,9 @@ def set_session_status(
     return retrying(write)  # a status set twice is the same status
 
 
+_new_session = object.__new__
+
+
 def handed_session(
     identifier: str, instrument: Instrument, times: tuple[datetime, datetime],
     user: Optional[str], texts: tuple[str, str],
@@ -270,8 +273,11 @@ def handed_session(
     records is for those, and a revision that changed them meanwhile is
     noticed (see :func:`record_outcome`).
     """
-    session = Session(identifier, instrument, times, user)
-    session._handed = texts
+    # What Session(...) makes, without its __init__ (a hot path: one call a session).
+    session = _new_session(Session)
+    session.__dict__ = {"session_identifier": identifier, "instrument": instrument,
+                        "dt_range": times, "user": user, "dt_from": times[0],
+                        "dt_to": times[1], "_handed": texts}
     return session
 
 

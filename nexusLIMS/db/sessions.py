@@ -30,6 +30,7 @@ from nexusLIMS.db.schema import (
     SESSION_CLAIMS,
     SESSION_LOG,
     SESSION_REVISIONS,
+    has_index,
     has_table,
     transaction,
 )
@@ -111,11 +112,11 @@ def _pair(
             else reading_instruments(conn)
         backend = conn.backend
         indexed = backend.pairs_through_index \
-            and PAIRING_INDEX.name in backend.index_names(conn.raw, SESSION_LOG.name)
+            and has_index(conn, SESSION_LOG.name, PAIRING_INDEX.name)
         reads: list[tuple[str, tuple[Any, ...]]] = [] if known is not None \
             else [(queries.INSTRUMENT_ROWS, ())]
         reads += [(queries.TO_BE_BUILT_PAIRS, ()), (queries.COUNT_TO_BE_BUILT_ENDS, ())] \
-            if indexed else [(queries.TO_BE_BUILT_LOGS, ())]
+            if indexed else [(queries.WAITING_STARTS_TO_PAIR, ()), (queries.WAITING_ENDS, ())]
         results = conn.read_batch([*reads, *also])
         if known is None:
             assert from_rows is not None
@@ -127,7 +128,7 @@ def _pair(
                 pairing.take_lone_ends(conn.fetchall(queries.LONE_ENDS))
         else:
             _suggest_the_index(conn)
-            pairing.take_scan(results.pop(0))
+            pairing.take_scan(results.pop(0), results.pop(0))
         problems = pairing.diagnose(logs_of(conn, list(pairing.suspects))) \
             if pairing.suspects else []
         return pairing.result(), problems, results

@@ -285,14 +285,11 @@ class _Connection(psycopg.Connection[Any]):
         if len(batch) == 1 and not batch[0][2]:
             sql, params, _ = batch[0]
             return [self.execute(sql, params)]
-        if self.begun and batch[-1][0] not in ("COMMIT", "ROLLBACK"):
-            # The transaction stays open: one simple query, after which the server
-            # ends a session idle in it for too long (after a pipeline's last
-            # message, a flush request, PostgreSQL never does).
-            return self._send_simple(batch)[len(pending):]
-        with self.pipeline():
-            cursors = [self._send(sql, params, many) for sql, params, many in batch]
-        return cursors[len(pending):]
+        # One query of several statements (libpq reads its results in C, where a
+        # pipeline's are read in Python; and after a pipeline's last message, a
+        # flush request, PostgreSQL would never end a session idle in a
+        # transaction left open).
+        return self._send_simple(batch)[len(pending):]
 
     def _send_simple(self, batch: Sequence[tuple[str, Any, bool]]) -> list[_Result]:
         """Send ``batch`` as one query of several statements, values bound here."""
@@ -314,13 +311,6 @@ class _Connection(psycopg.Connection[Any]):
                 cursor.nextset()
             results.append(_Result(found, count, description))
         return results
-
-    def _send(self, sql: str, params: Any, many: bool) -> Any:
-        if not many:
-            return self.execute(sql, params)
-        cursor = self.cursor()
-        cursor.executemany(sql, params)
-        return cursor
 
     def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         """Wait for the server as psycopg does, for at most :attr:`limit` seconds."""
@@ -418,11 +408,28 @@ def _connect(location: DatabaseLocation, zone: str) -> _Connection:
 def _transient(exc: psycopg.Error) -> bool:
     """Whether a failure to connect may pass: no answer, a server starting or stopping.
 
-    A refused login (SQLSTATE class 28), a missing database (3D000) and the
-    like do not pass by themselves.
+    A refused login, a missing database, a certificate that does not verify
+    do not pass by themselves: trying again would only fail again (and count
+    failed logins against the account). libpq gives no SQLSTATE for a
+    connection it could not make, so this is the one place that reads its
+    words: the server's own answer (``FATAL:``) passes only when it says the
+    server is starting, stopping or full; libpq's own passes unless it is
+    about credentials, certificates or the host's name.
     """
-    state = exc.sqlstate or ""
-    return state == "" or state[:2] in ("08", "57") or state == "53300"  # too many connections
+    if exc.sqlstate:
+        return exc.sqlstate[:2] in ("08", "57") or exc.sqlstate == "53300"
+    text = str(exc)
+    if "FATAL:" in text:
+        return any(words in text for words in _SERVER_AWAY)
+    return not any(words in text for words in _CLIENT_REFUSED)
+
+
+# A server's answer that passes: starting up, shutting down, in recovery, full.
+_SERVER_AWAY = ("the database system is", "too many clients", "remaining connection slots",
+                "terminating connection")
+# libpq refusing on its own: what trying again cannot mend.
+_CLIENT_REFUSED = ("password", "certificate", "SSL", "ssl", "host name", "translate host",
+                   "authentication", "service", "invalid", "GSS")
 
 
 def _pool_wait() -> float:
@@ -585,7 +592,8 @@ class _PostgreSQL:
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
     lock_rows = " FOR UPDATE"
-    # One plain read: no join plan can go wrong on stale statistics.
+    # One plain read of the waiting rows, paired here: cheaper than the server's
+    # join of them, and no join plan can go wrong on stale statistics.
     pairs_through_index = False
     is_file = False
 
