@@ -136,11 +136,18 @@ def _traced_begin(mode: str) -> str:
 
 
 def _where(location: DatabaseLocation) -> str:
-    """Name the server and database of ``location`` (from the URL and libpq's defaults)."""
+    """Name the server and database of ``location`` (from the URL and libpq's defaults).
+
+    A URL naming a service (``?service=``) is named by its service: libpq
+    reads the service file only when it connects, so its host and database
+    are not known here (the defaults would name others).
+    """
     try:
         given: dict[str, Any] = conninfo_to_dict(location.target)
     except psycopg.ProgrammingError:  # a URL libpq cannot read: what the URL says, leniently
         given = location.server()
+    if given.get("service"):
+        return location.scrub(f"service {given['service']!r}")
     defaults = {option.keyword.decode(): option.val.decode() if option.val else None
                 for option in psycopg.pq.Conninfo.get_defaults()}
     host = given.get("host") or defaults.get("host") or "localhost"
