@@ -114,13 +114,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, S
 from dateutil.parser import isoparse
 
 from nexusLIMS import instruments as live
-from nexusLIMS.db import sessions
+from nexusLIMS.db import make_db_query, sessions
 from nexusLIMS.db.config import ENV_DATA_ROOT, ENV_DB_PATH, ENV_DB_PATH_2X
 from nexusLIMS.db.connection import close_watches
 from nexusLIMS.db.instruments import Instrument, load_instruments
 from nexusLIMS.db.samples import add_sample_instruments, sample_instruments
 from nexusLIMS.db.schema import init_db
-from nexusLIMS.db.session_handler import SessionLog, get_sessions_to_build, insert_logs
+from nexusLIMS.db.session_handler import SessionLog, db_query, get_sessions_to_build, insert_logs
 from nexusLIMS.db.sessions import Session, find_session_problems
 from nexusLIMS.utils import is_subpath
 
@@ -995,6 +995,10 @@ def bench_lookups(report: Report, plan: Plan, path: Path) -> None:
         report.add(group, f"{name}: ours - 1.4, per call",
                    per_call[name] - per_call[f"{name} (1.4)"], "us",
                    note=f"{per_call[name]:.2f} vs {per_call[f'{name} (1.4)']:.2f} us")
+    version = per_call["PRAGMA data_version (kept connection)"]
+    for name in cases:  # issue 18.2: a look-up costs little more than the check it makes
+        report.add(group, f"{name} / one PRAGMA data_version", per_call[name] / version,
+                   target=("<=", 1.5))
     for name in ("PRAGMA data_version (kept connection)", "os.stat"):
         report.add(group, f"context: one raw {name}", per_call[name], "us")
 
@@ -1271,6 +1275,98 @@ def bench_pg_insert_log(report: Report, plan: Plan, url: str, conn: psycopg.Conn
     report.add(group, "raw INSERT per call", raw * 1e6, "us")
 
 
+# Round trips injected by the proxy, in ms (half of it each way).
+LATENCIES_MS = (0.0, 1.0, 20.0)
+
+
+Timed = Callable[[], object]
+
+
+def _network_calls(pids: list[str], plan: Plan,
+                   first: int) -> list[tuple[str, int, Callable[[], Timed]]]:
+    """The calls of PG case 4: each one's name, the round trips it must cost, and a
+    function that prepares one call (untimed) and returns it. New sessions are numbered
+    from ``first``."""
+    rows = iter(new_rows(4 * plan.round_trip_calls + 4, pids, plan.seed, first))
+    stored = as_logs([next(rows)])[0]
+    stored.insert_log()
+    session = get_sessions_to_build()[0]
+    titan = live.instrument_db[pids[0]]
+    inside = f"{_DATA_ROOT}/{titan.filestore_path}/a/file.dm3"
+    api_url = titan.api_url or ""
+
+    def revision() -> Timed:  # a log stored, then the same log with its time corrected
+        ident, pid, stamp, event, status, user = next(rows)
+        SessionLog(ident, pid, stamp, event, user, status).insert_log()
+        corrected = (isoparse(stamp) + timedelta(minutes=1)).isoformat()
+        return SessionLog(ident, pid, corrected, event, user, status).insert_log
+
+    def same(call: Timed) -> Callable[[], Timed]:
+        return lambda: call
+
+    return [
+        ("get_sessions_to_build()", 1, same(get_sessions_to_build)),
+        ("Session.update_session_status()", 1,
+         same(lambda: session.update_session_status("TO_BE_BUILT"))),
+        ("Session.insert_record_generation_event()", 1,
+         same(session.insert_record_generation_event)),
+        ("SessionLog.insert_log(), a new log", 1, lambda: as_logs([next(rows)])[0].insert_log),
+        ("SessionLog.insert_log(), a log already stored", 1, same(stored.insert_log)),
+        ("SessionLog.insert_log(), a revised log", 1, revision),
+        ("make_db_query()", 1, same(lambda: make_db_query("SELECT count(*) FROM session_log"))),
+        ("db_query()", 1, same(lambda: db_query(
+            "SELECT count(*) FROM session_log WHERE record_status = ?", ("TO_BE_BUILT",)))),
+        ("instrument_db[pid]", 0, same(lambda: live.instrument_db[pids[0]])),
+        ("get_instr_from_api_url()", 0, same(lambda: live.get_instr_from_api_url(api_url))),
+        ("get_instr_from_filepath()", 0, same(lambda: live.get_instr_from_filepath(inside))),
+    ]
+
+
+def bench_pg_network(report: Report, plan: Plan, url: str, pids: list[str]) -> None:
+    """PG case 4: each 1.4 call's round trips, and its time over a network per round trip."""
+    from nexusLIMS.db.databases import close_pools
+
+    calls = plan.round_trip_calls
+    group = report.group(
+        "PG 4. Calls over a network (PostgreSQL)",
+        "through tests/roundtrips.py's proxy adding half the round trip each way; 5 sessions "
+        f"to build; the median of {calls} calls after a warm-up call: time per call / one "
+        "round trip (at 0 ms: the time per call)")
+    counter: Callable[..., Any] = tests_helper("roundtrips", "RoundTripCounter")
+    pg_load(url, make_rows(5, pids, plan.seed))
+    trips: dict[str, list[int]] = {}
+    expected: dict[str, int] = {}
+    with environment(**{ENV_DATA_ROOT: _DATA_ROOT}):
+        for number, rtt in enumerate(LATENCIES_MS):
+            with counter(url, delay=rtt / 2000) as proxy:
+                use_database(proxy.url)
+                first = 40_000_000 + 100_000 * number
+                for name, must, prepare in _network_calls(pids, plan, first):
+                    expected[name] = must
+                    times = []
+                    for attempt in range(calls + 1):
+                        call = prepare()
+                        proxy.reset()
+                        start = time.perf_counter()
+                        call()
+                        if attempt:  # the first call warms up
+                            times.append(time.perf_counter() - start)
+                            trips.setdefault(name, []).append(proxy.round_trips)
+                    per_call = statistics.median(times)
+                    if rtt:
+                        report.add(group, f"{name} at {rtt:g} ms", per_call / (rtt / 1000),
+                                   note=f"{per_call * 1e3:.2f} ms per call")
+                    else:
+                        report.add(group, f"{name} at 0 ms", per_call * 1e3, "ms")
+                close_pools()  # before the proxy goes
+    use_database(url)
+    for name, must in expected.items():
+        seen = ", ".join(f"{count} call(s): {number}"
+                         for number, count in sorted(Counter(trips[name]).items()))
+        report.add(group, f"round trips of {name}", max(trips[name]), "count",
+                   target=("==", must), note=seen)
+
+
 def run_postgresql(report: Report, plan: Plan, url: Optional[str]) -> None:
     """Run the PostgreSQL cases in a schema of their own."""
     with postgres_schema(url) as target, environment(**{ENV_DB_PATH: target}), \
@@ -1278,6 +1374,7 @@ def run_postgresql(report: Report, plan: Plan, url: Optional[str]) -> None:
         report.machine["PostgreSQL"] = str(pg_scalar(conn, "SHOW server_version"))
         init_db(target)
         pids = sorted(add_sample_instruments(target))
+        bench_pg_network(report, plan, target, pids)
         bench_pg_pairing(report, plan, target, conn, pids)
         bench_pg_inserts(report, plan, conn, pids)
         bench_pg_insert_log(report, plan, target, conn, pids)

@@ -381,6 +381,31 @@ def test_a_service_file_names_the_database(
         assert conn.execute("SELECT current_database()").fetchone() == (database,)
 
 
+@pytest.mark.parametrize("options_in", ["service file", "PGOPTIONS", "url"])
+def test_the_facilitys_server_options_stay_in_force(
+        facility: Facility, options_in: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, shown: Shown) -> None:
+    """Options given the libpq way (a service file's, PGOPTIONS', the URL's) are not
+    replaced by the package's own limits, which hold as well."""
+    _pgpass(tmp_path, monkeypatch, facility.port)
+    options = "-c work_mem=7MB -c extra_float_digits=2"
+    service = {"options": options} if options_in == "service file" else {}
+    _services(tmp_path, monkeypatch, host="127.0.0.1", port=facility.port,
+              dbname=facility.new_database(), user=ROLE, **service)
+    url = "postgresql:///?service=facility"
+    if options_in == "PGOPTIONS":
+        monkeypatch.setenv("PGOPTIONS", options)
+    elif options_in == "url":
+        url += "&options=" + options.replace(" ", "%20").replace("=", "%3D")
+    assert _builds(url, shown, monkeypatch)[0] == ROLE
+    with connect(url, begin=None) as conn:
+        row = conn.execute(
+            "SELECT current_setting('work_mem'), current_setting('extra_float_digits'), "
+            "current_setting('statement_timeout') <> '0', "
+            "current_setting('idle_in_transaction_session_timeout') <> '0'").fetchone()
+    assert row == ("7MB", "2", True, True)
+
+
 @pytest.mark.parametrize("problem", ["wrong password", "no such service"])
 def test_a_service_that_cannot_connect_is_named_in_the_error(
         facility: Facility, problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -396,13 +396,16 @@ def retrying(
         reached the server, tells what the earlier attempt wrote (None:
         nothing), by reading, before trying again.
     """
-    deadline = time.monotonic() + lock_timeout()
+    started = time.monotonic()
+    deadline: Optional[float] = None  # read from the environment at the first failure
     pause = _FIRST_PAUSE
     while True:
         try:
             return call()
         except DatabaseUnavailableError as exc:
             again = exc.transient and (resend or settle is not None or not exc.sent)
+            if deadline is None:
+                deadline = started + lock_timeout()
             if not again or time.monotonic() + pause >= deadline:
                 raise
             logger.info("%s; trying again in %.2f s", exc, pause)

@@ -176,6 +176,7 @@ class Database:
 _lock = threading.Lock()
 _databases: dict[DatabaseLocation, Database] = {}
 _watching: OrderedDict[DatabaseLocation, Database] = OrderedDict()
+_latest: Optional[Database] = None  # the last of _watching
 _names: dict[str, Database] = {}
 
 
@@ -205,7 +206,11 @@ def configured_database_state() -> Database:
 
 def _watched(db: Database) -> None:
     """Note ``db``'s watch as the most recently used; close the oldest beyond the limit."""
+    global _latest
+    if _latest is db:  # a look-up in a loop: already the most recent, nothing to do
+        return
     with _lock:
+        _latest = db
         _watching[db.location] = db
         _watching.move_to_end(db.location)
         evicted = []
@@ -222,7 +227,9 @@ def _all() -> list[Database]:
 
 def close_watches() -> None:
     """Close every kept change-watch connection (test fixtures call it when done)."""
+    global _latest
     with _lock:
+        _latest = None
         _watching.clear()
     for db in _all():
         db.close_watch()

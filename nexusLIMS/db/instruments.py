@@ -325,7 +325,7 @@ class InstrumentDB(dict[str, Instrument]):
         return current_instruments()
 
     def __getitem__(self, pid: str) -> Instrument:
-        return self._current()[pid]
+        return current_instruments()[pid]  # (the look-up of a loop: one frame fewer)
 
     def __contains__(self, pid: object) -> bool:
         return pid in self._current()

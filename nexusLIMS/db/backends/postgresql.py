@@ -361,31 +361,26 @@ def _milliseconds(seconds: float) -> int:
     return min(max(int(seconds * 1000), 1), _MAX_MS)
 
 
-def _connection_settings(location: DatabaseLocation, zone: str) -> dict[str, Any]:
-    """Return psycopg's connection parameters: the URL's, with the package's limits added.
+def _connection_settings(location: DatabaseLocation) -> dict[str, Any]:
+    """Return psycopg's connection parameters beyond the URL's: the package's limits.
 
-    Lock waits are bounded per transaction (``SET LOCAL lock_timeout``);
-    these bound everything else: a statement (``statement_timeout``), a
-    client idle in a transaction while holding locks
-    (``idle_in_transaction_session_timeout``, so the server frees the locks
-    of a client that vanished), and a dead peer on either side (TCP
-    keepalives, ``tcp_user_timeout``).
+    A dead peer on either side is noticed by TCP keepalives and
+    ``tcp_user_timeout``. The session's own settings (its time zone, a
+    statement's limit, a transaction's idle limit, see
+    :func:`_session_settings`) go with its first statement, so that the
+    URL's, a service file's and ``PGOPTIONS``' options all stay in force.
     """
     try:
-        options = conninfo_to_dict(location.target).get("options") or ""
+        conninfo_to_dict(location.target)
     except psycopg.ProgrammingError as exc:
         raise DatabaseConfigError(
             f"The URL of PostgreSQL {_where(location)} ({location}, from {location.source}) "
             f"is not valid: {_told(exc, location)}") from None
     timeout = lock_timeout()
     keepalive = max(1, min(int(timeout / 3) or 1, 60))
-    server_options = " ".join(f"-c {name}={value}" for name, value in {
-        **_session_settings(zone), "tcp_keepalives_idle": keepalive,
-        "tcp_keepalives_interval": keepalive, "tcp_keepalives_count": 3}.items())
     return {
         "autocommit": True,
         "connect_timeout": int(max(2, min(timeout, 10))),
-        "options": f"{options} {server_options}".strip(),
         "application_name": _worker_name(),
         "keepalives": 1, "keepalives_idle": keepalive, "keepalives_interval": keepalive,
         "keepalives_count": 3, "tcp_user_timeout": _milliseconds(timeout + _GRACE),
@@ -393,22 +388,30 @@ def _connection_settings(location: DatabaseLocation, zone: str) -> dict[str, Any
 
 
 def _session_settings(zone: str) -> dict[str, Any]:
-    """Return the server's settings of a session: its time zone and limits, as of now."""
+    """Return the server's settings of a session: its time zone and limits, as of now.
+
+    A statement is bounded (``statement_timeout``) and so is a transaction
+    left idle while it holds locks (``idle_in_transaction_session_timeout``:
+    the server frees the locks of a client that froze or vanished); the
+    server's keepalives notice a peer gone.
+    """
     timeout = lock_timeout()
+    keepalive = max(1, min(int(timeout / 3) or 1, 60))
     return {"TimeZone": zone, "statement_timeout": _milliseconds(timeout + _GRACE / 2),
-            "idle_in_transaction_session_timeout": _milliseconds(max(timeout, 1))}
+            "idle_in_transaction_session_timeout": _milliseconds(max(timeout, 1)),
+            "tcp_keepalives_idle": keepalive, "tcp_keepalives_interval": keepalive,
+            "tcp_keepalives_count": 3}
 
 
-def _connect(location: DatabaseLocation, zone: str) -> _Connection:
+def _connect(location: DatabaseLocation) -> _Connection:
     """Open one connection (the real reason, plainly, if the server refuses it)."""
     try:
-        raw = _Connection.connect(location.target, **_connection_settings(location, zone))
+        raw = _Connection.connect(location.target, **_connection_settings(location))
     except psycopg.Error as exc:
         raise DatabaseUnavailableError(
             f"Cannot connect to PostgreSQL {_where(location)} ({location}): "
             f"{_told(exc, location)}", transient=_transient(exc), sent=False) from None
     raw.limit = lock_timeout() + _GRACE
-    raw.settings = _session_settings(zone)
     return raw
 
 
@@ -475,7 +478,7 @@ class _Server:
         existing = self._current()
         if existing is not None:
             return existing
-        _connect(self.location, _local_timezone()).close()  # refused? says why, now
+        _connect(self.location).close()  # refused? says why, now
         server = self
 
         class _Pooled(_Connection):
@@ -484,7 +487,7 @@ class _Server:
             @classmethod
             def connect(cls, *args: Any, **kwargs: Any) -> _Connection:  # type: ignore[override]
                 try:
-                    raw = _connect(server.location, _local_timezone())
+                    raw = _connect(server.location)
                 except DatabaseUnavailableError as exc:
                     server.last_error = str(exc)  # for the caller who waits in vain
                     raise
@@ -612,7 +615,7 @@ class _PostgreSQL:
     def open_watch(self, location: DatabaseLocation) -> Any:
         # A connection that LISTENs for the trigger's announcements of changes to
         # instruments: asking it whether one came costs no round trip.
-        raw = _connect(location, _local_timezone())
+        raw = _connect(location)
         try:
             schema, announced = raw.execute(
                 "SELECT current_schema(), EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s "

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path, PurePath
-from typing import Any, Callable, Hashable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Optional, Sequence, TypeVar, Union
 from urllib.parse import quote as quote_url
 
 from nexusLIMS.db.backends.base import Pool, Result, insert_statement, writes_to_parent
@@ -108,21 +108,27 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return _code(exc) & 0xFF in (_BUSY, _LOCKED)
 
 
-def _retry_busy(run: Callable[[], T], timeout: float) -> T:
+def _retry_busy(run: Callable[[], T], timeout: Union[float, Callable[[], float]]) -> T:
     """Call ``run`` until it is not refused for a lock, for at most ``timeout`` s.
 
     The waits are short and grow (0.5 ms to 10 ms, jittered): writers hold
     the lock for about a millisecond, and SQLite's own busy handler would
     sleep up to 100 ms at a time. The sleeps are in Python, where a Ctrl-C
-    is raised at once.
+    is raised at once. A callable ``timeout`` is asked only if ``run`` is
+    refused (the environment is not read for a call that needs no wait).
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline: Optional[float] = None
     pause = _FIRST_PAUSE
     while True:
         try:
             return run()
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc) or time.monotonic() >= deadline:
+            if not _is_busy(exc):
+                raise
+            if deadline is None:
+                deadline = started + (timeout() if callable(timeout) else timeout)
+            if time.monotonic() >= deadline:
                 raise
         time.sleep(pause * random.uniform(0.5, 1.5))
         pause = min(pause * 2, _LONGEST_PAUSE)
@@ -169,7 +175,7 @@ def _checked(raw: sqlite3.Connection, pragma: str) -> tuple[list[str], bool]:
     raw.execute("PRAGMA ignore_check_constraints = ON")
     try:
         # Some versions put several problems in one row, under a heading.
-        for (text,) in _retry_busy(lambda: raw.execute(f"PRAGMA {pragma}"), lock_timeout()):
+        for (text,) in _retry_busy(lambda: raw.execute(f"PRAGMA {pragma}"), lock_timeout):
             problems += [line.strip() for line in str(text).splitlines()
                          if line.strip() and not line.startswith("*** ")]
     except sqlite3.DatabaseError as exc:
@@ -183,7 +189,7 @@ def _checked(raw: sqlite3.Connection, pragma: str) -> tuple[list[str], bool]:
 
 
 def _rows(raw: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-    return list(_retry_busy(lambda: raw.execute(sql, params).fetchall(), lock_timeout()))
+    return list(_retry_busy(lambda: raw.execute(sql, params).fetchall(), lock_timeout))
 
 
 class _Files:
@@ -240,8 +246,13 @@ class _SQLite:
 
     def data_version(self, raw: Any) -> Optional[int]:
         # SQLite's own change counter: it moves when any other connection commits.
+        try:  # asked at every instrument look-up: no frame more than needed
+            return int(raw.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
         return int(_retry_busy(lambda: raw.execute("PRAGMA data_version").fetchone()[0],
-                               lock_timeout()))
+                               lock_timeout))
 
     def begin(self, raw: Any, mode: str, timeout: float) -> str:
         # A write must hold the write lock from the start: a reader that later
@@ -491,7 +502,7 @@ class _SQLite:
     def compact(self, location: DatabaseLocation) -> bool:
         raw = _open(location.path, create=False)
         try:
-            _retry_busy(lambda: raw.execute("VACUUM"), lock_timeout())
+            _retry_busy(lambda: raw.execute("VACUUM"), lock_timeout)
         except sqlite3.Error as exc:
             better = self.translate(exc, location)
             if better is None:
