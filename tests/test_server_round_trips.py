@@ -66,6 +66,19 @@ def test_the_1_4_calls_are_one_round_trip_each(proxy: RoundTripCounter) -> None:
     assert _round_trips(proxy, made.insert_record_generation_event) == 1
 
 
+def test_a_call_made_again_and_again_stays_one_round_trip(proxy: RoundTripCounter) -> None:
+    """No statement is prepared on the server later on (psycopg would, at the sixth run)."""
+    session = get_sessions_to_build()[0]
+    calls: list[Callable[[], Any]] = [
+        get_sessions_to_build, lambda: make_db_query("SELECT count(*) FROM session_log"),
+        lambda: db_query("SELECT count(*) FROM session_log WHERE instrument = ?", (TITAN,)),
+        lambda: session.update_session_status("TO_BE_BUILT"),
+        lambda: log("s0", "START", "2021-05-01T10:00:00").insert_log(),
+    ]
+    assert [[_round_trips(proxy, call) for _ in range(10)] for call in calls] == \
+        [[1] * 10] * len(calls)
+
+
 def test_get_sessions_to_build_reads_changed_instruments_in_its_one_round_trip(
     proxy: RoundTripCounter,
 ) -> None:

@@ -12,6 +12,7 @@ lock_timeout``. The package's ``?`` placeholders become psycopg's ``%s``
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import socket
@@ -233,16 +234,19 @@ class _Watchdog:
         self._deadlines: dict[int, tuple[float, _Connection]] = {}
         self._next = 0
         self._thread: Optional[threading.Thread] = None
+        self._wakes_at = math.inf  # when the thread looks next, by itself
 
     def arm(self, conn: _Connection, seconds: float) -> int:
+        deadline = time.monotonic() + seconds
         with self._cond:
             self._next += 1
-            self._deadlines[self._next] = (time.monotonic() + seconds, conn)
+            self._deadlines[self._next] = (deadline, conn)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="nexuslims-db watchdog",
                                                 daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if deadline < self._wakes_at:  # else it looks in time anyway: no thread switch
+                self._cond.notify()
             return self._next
 
     def disarm(self, token: int) -> None:
@@ -257,8 +261,10 @@ class _Watchdog:
                     if deadline <= now:
                         del self._deadlines[token]
                         conn.cut()
-                soonest = min((deadline for deadline, _ in self._deadlines.values()), default=None)
-                self._cond.wait(None if soonest is None else max(soonest - now, 0.001))
+                self._wakes_at = min((deadline for deadline, _ in self._deadlines.values()),
+                                     default=math.inf)
+                self._cond.wait(None if self._wakes_at == math.inf
+                                else max(self._wakes_at - now, 0.001))
 
 
 _WATCHDOG = _Watchdog()
@@ -380,6 +386,9 @@ def _connection_settings(location: DatabaseLocation) -> dict[str, Any]:
     keepalive = max(1, min(int(timeout / 3) or 1, 60))
     return {
         "autocommit": True,
+        # psycopg would prepare a statement at its sixth run, a round trip more
+        # (and prepared statements break behind a pooler such as PgBouncer).
+        "prepare_threshold": None,
         "connect_timeout": int(max(2, min(timeout, 10))),
         "application_name": _worker_name(),
         "keepalives": 1, "keepalives_idle": keepalive, "keepalives_interval": keepalive,
