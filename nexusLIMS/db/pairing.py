@@ -315,10 +315,13 @@ class Pairing(Generic[S]):
         anything else.
         """
         suspects, recheck = self.suspects, self.recheck
-        by_identifier: dict[str, Any] = {}
-        for end in ends:
-            if by_identifier.setdefault(end[0], end) is not end:
-                suspects[end[0]] = None  # two ENDs
+        by_identifier: dict[str, Any] = {end[0]: end for end in ends}
+        if len(by_identifier) < len(ends):  # some identifier has two ENDs (rare: look again)
+            seen: set[str] = set()
+            for end in ends:
+                if end[0] in seen:
+                    suspects[end[0]] = None
+                seen.add(end[0])
         take_end = by_identifier.pop
         get_instrument, fromisoformat = self.instruments.get, datetime.fromisoformat
         append, make = self.sessions.append, self.make
