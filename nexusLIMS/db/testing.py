@@ -209,9 +209,14 @@ class PostgresServer:
             raise
         return self
 
-    def pause(self, mode: str = "fast") -> None:
-        """Stop the server, keeping its cluster (as an outage would); :meth:`resume` starts it."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+    def pause(self, mode: str = "fast", *, wait: bool = True) -> None:
+        """Stop the server, keeping its cluster (as an outage would); :meth:`resume` starts it.
+
+        With ``wait=False`` it returns at once: a ``smart`` stop then waits for
+        the clients to leave, refusing new ones meanwhile; :attr:`pid` is None
+        once the server stopped.
+        """
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w" if wait else "-W", "stop")
 
     def resume(self) -> None:
         """Start the server of the cluster; return once it accepts connections."""

@@ -431,24 +431,23 @@ def _transient(exc: psycopg.Error) -> bool:
     do not pass by themselves: trying again would only fail again (and count
     failed logins against the account). libpq gives no SQLSTATE for a
     connection it could not make, so this is the one place that reads its
-    words: the server's own answer (``FATAL:``) passes only when it says the
-    server is starting, stopping or full; libpq's own passes unless it is
-    about credentials, certificates or the host's name.
+    words, and only English ones: libpq's own (in the client's language,
+    English unless the program chose another) and the server's refusals in
+    English. Anything else passes, so that a server starting or stopping is
+    waited for in any language; a refusal in another language is then tried
+    again until ``nexusLIMS_db_timeout`` before it is raised.
     """
     if exc.sqlstate:
         return exc.sqlstate[:2] in ("08", "57") or exc.sqlstate == "53300"
     text = str(exc)
-    if "FATAL:" in text:
-        return any(words in text for words in _SERVER_AWAY)
-    return not any(words in text for words in _CLIENT_REFUSED)
+    return not any(words in text for words in _REFUSED)
 
 
-# A server's answer that passes: starting up, shutting down, in recovery, full.
-_SERVER_AWAY = ("the database system is", "too many clients", "remaining connection slots",
-                "terminating connection")
-# libpq refusing on its own: what trying again cannot mend.
-_CLIENT_REFUSED = ("password", "certificate", "SSL", "ssl", "host name", "translate host",
-                   "authentication", "service", "invalid", "GSS")
+# What trying again cannot mend: libpq refusing on its own, and the server's
+# refusals (its answers that pass: starting up, shutting down, in recovery, full).
+_REFUSED = ("password", "certificate", "SSL", "ssl", "host name", "translate host",
+            "authentication", "service", "invalid", "GSS", "does not exist", "pg_hba.conf",
+            "not permitted to log in", "permission denied", "not currently accepting")
 
 
 def _pool_wait() -> float:
