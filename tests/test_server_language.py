@@ -24,8 +24,8 @@ import pytest
 from helpers import log, psycopg, rows
 
 from nexusLIMS.db import config, init_db
-from nexusLIMS.db.errors import DatabaseLockedError
 from nexusLIMS.db.databases import close_databases
+from nexusLIMS.db.errors import DatabaseLockedError
 from nexusLIMS.db.instruments import Instrument
 from nexusLIMS.db.samples import add_sample_instruments
 from nexusLIMS.db.session_handler import Session, get_sessions_to_build
@@ -70,9 +70,9 @@ def german() -> Iterator[PostgresServer]:
                 with psycopg.connect(server.url, autocommit=True) as admin:
                     admin.execute(f"ALTER SYSTEM SET lc_messages = '{GERMAN}'")
                     admin.execute("SELECT pg_reload_conf()")
-                with psycopg.connect(server.url, autocommit=True) as check:
-                    with pytest.raises(psycopg.Error) as raised:
-                        check.execute("SELECT 1/0")
+                with psycopg.connect(server.url, autocommit=True) as check, \
+                        pytest.raises(psycopg.Error) as raised:
+                    check.execute("SELECT 1/0")
                 assert str(raised.value) == "Division durch Null"  # it does speak German
                 init_db(server.url)
                 add_sample_instruments(server.url)
@@ -146,7 +146,7 @@ def test_a_server_shutting_down_is_waited_for(german: PostgresServer, url: str,
     monkeypatch.setenv("nexusLIMS_db_timeout", "60")
     close_databases()  # the call must connect anew
     results: list[Any] = []
-    with psycopg.connect(url, autocommit=True) as last_client:
+    with psycopg.connect(url, autocommit=True):  # the last client, holding the server
         german.pause("smart", wait=False)
         refused = _refusal(url)
         assert "fährt herunter" in refused
