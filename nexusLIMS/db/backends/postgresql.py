@@ -501,6 +501,12 @@ class _PostgreSQL:
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
     lock_rows = " FOR UPDATE"
+    # A claim locks the START rows it takes, skipping those another builder holds.
+    skip_locked = "SKIP LOCKED"
+    # The claim's LIMIT then stops the scan of the claiming index, whatever the
+    # statistics say (a sort would read every waiting row, and every dead one).
+    ordered_reads: tuple[str, ...] = ("SET LOCAL enable_sort = off",
+                                      "SET LOCAL enable_incremental_sort = off")
     # One plain read: no join plan can go wrong on stale statistics.
     pairs_through_index = False
     is_file = False

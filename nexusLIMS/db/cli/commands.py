@@ -341,7 +341,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_claims(args: argparse.Namespace) -> int:
     """List the record builders' claims, live and expired (``claims``)."""
     claims = list_claims(args.db)
-    now = datetime.now(timezone.utc)
+    # Leases are judged by the database's clock (a server's), not this machine's.
+    now = claims[0].now() if claims else datetime.now(timezone.utc)
     if args.format != "table":
         print(records([{
             "session_identifier": claim.session_identifier,
