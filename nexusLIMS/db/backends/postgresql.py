@@ -52,6 +52,9 @@ WRITERS_LOCK = 0x4E584C4D
 #: Seconds a wait for the server may last beyond nexusLIMS_db_timeout (the lock
 #: waits it bounds end first, with their own clear error).
 _GRACE = 4.0
+#: Seconds between the watchdog's looks while waits come and go (less than any
+#: wait's bound, which is at least _GRACE).
+_IDLE_LOOK = 1.0
 #: Seconds an unused connection stays open beyond the one a process keeps.
 _MAX_IDLE = 1.0
 _MAX_MS = 2**31 - 1  # the largest lock_timeout PostgreSQL takes, in milliseconds
@@ -199,16 +202,24 @@ class _Watchdog:
         self._deadlines: dict[int, tuple[float, _Connection]] = {}
         self._next = 0
         self._thread: Optional[threading.Thread] = None
+        #: By when the thread looks at the deadlines again (None: once notified).
+        self._wake_at: Optional[float] = None
 
     def arm(self, conn: _Connection, seconds: float) -> int:
         with self._cond:
             self._next += 1
-            self._deadlines[self._next] = (time.monotonic() + seconds, conn)
+            now = time.monotonic()
+            deadline = now + seconds
+            self._deadlines[self._next] = (deadline, conn)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="nexuslims-db watchdog",
                                                 daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # The thread is woken only when it would look too late: a thread switch
+            # for every round trip would cost more than the round trip itself.
+            if self._wake_at is None or deadline < self._wake_at:
+                self._wake_at = now  # (it looks at once)
+                self._cond.notify()
             return self._next
 
     def disarm(self, token: int) -> None:
@@ -217,6 +228,7 @@ class _Watchdog:
 
     def _run(self) -> None:
         with self._cond:
+            armed = self._next
             while True:
                 now = time.monotonic()
                 for token, (deadline, conn) in list(self._deadlines.items()):
@@ -224,6 +236,12 @@ class _Watchdog:
                         del self._deadlines[token]
                         conn.cut()
                 soonest = min((deadline for deadline, _ in self._deadlines.values()), default=None)
+                if soonest is None and self._next != armed:
+                    # Waits come and go: look again a little later, sooner than any
+                    # deadline a new one can have, rather than be woken for each.
+                    soonest = now + _IDLE_LOOK
+                armed = self._next
+                self._wake_at = soonest
                 self._cond.wait(None if soonest is None else max(soonest - now, 0.001))
 
 
