@@ -523,8 +523,9 @@ class _PostgreSQL:
     skip_locked = "SKIP LOCKED"
     # The claim's LIMIT then stops the scan of the claiming index, whatever the
     # statistics say (a sort would read every waiting row, and every dead one).
-    ordered_reads: tuple[str, ...] = ("SET LOCAL enable_sort = off",
-                                      "SET LOCAL enable_incremental_sort = off")
+    ordered_reads: tuple[str, ...] = (
+        "SELECT set_config('enable_sort', 'off', true), "
+        "set_config('enable_incremental_sort', 'off', true)",)
     # One plain read: no join plan can go wrong on stale statistics.
     pairs_through_index = False
     is_file = False
