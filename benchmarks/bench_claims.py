@@ -31,34 +31,62 @@ of a shared machine hits all alike, medians of ``--repeats`` runs:
    figure of the machine, and a busy machine must not fail the suite. The
    suite's former check was ``--tmpfs --batches 5 --build-sessions 2000``.
 
+Three more measurements on PostgreSQL (issue 19), each run alone:
+
+``--versus pgqueuer``
+    side by side with the job queue pgqueuer (a benchmark-only dependency:
+    ``pip install pgqueuer``) on the same server: N sessions (default 5,000,
+    plus 3N history rows) against N no-op jobs, 1 and 8 builders (workers),
+    claiming 1 and 10 at a time; wall time from the barrier to the last
+    outcome committed, and exactly once checked for both. Target: ours /
+    pgqueuer at most 1.0 in all four cases.
+``--latency MS``
+    the builders through an in-process proxy that holds every packet MS/2
+    each way (MS round trips): 8 builders against 1, target at least 6x.
+``--backlog N``
+    one builder claiming through a backlog of N sessions (default 50,000)
+    behind 3N history rows (150,000), the history first as in a facility's
+    database, with the planner's statistics fresh, stale (taken while the
+    backlog was large) or missing, and autovacuum off for the table (so they
+    stay as they are, and so do the dead rows of the sessions built): the
+    time of the first claims, the last ones and claims that find nothing,
+    target at most 2x the first; and the claim's plan (EXPLAIN).
+
 The benchmark sets up its data and runs its baseline with the drivers
 directly; the package itself does not. It exits 2 when a run did not finish
-every session exactly once; else 1 with ``--strict`` when a speed-up missed
+every session exactly once; else 1 with ``--strict`` when a figure missed
 its target; else 0, whatever the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
+import itertools
 import json
 import os
 import platform
 import random
+import selectors
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import traceback
 import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
-from contextlib import AbstractContextManager, closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 from nexusLIMS.db import testing
 from nexusLIMS.db.config import ENV_DB_PATH, ENV_DB_PATH_2X
@@ -72,6 +100,12 @@ Row = tuple[str, str, str, str, str, Optional[str]]
 RUN_TIMEOUT = 900.0
 #: The speed-up of the builders over one builder, with a simulated build.
 SPEEDUP_TARGET = 4.0
+#: Our wall time over pgqueuer's, at most (--versus).
+VERSUS_TARGET = 1.0
+#: Eight builders' throughput over one builder's with ~20 ms round trips, at least (--latency).
+LATENCY_TARGET = 6.0
+#: A claim late in a backlog (or one that finds nothing) over an early one, at most (--backlog).
+BACKLOG_TARGET = 2.0
 _COLUMNS = 'session_identifier, instrument, timestamp, event_type, record_status, "user"'
 _MARK_DONE = "UPDATE session_log SET record_status = 'COMPLETED' WHERE id_session_log = ?"
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
@@ -541,9 +575,9 @@ def table_many_builders(results: Results, args: argparse.Namespace) -> dict[str,
         print(_row(f"  {label}", [form.format(figures[batch][key]) for batch in args.batches]))
     print(_row("  every session finished exactly once",
                ["yes" if figures[batch]["finished_once"] else "NO" for batch in args.batches]))
-    print("  (no build time: the builders do nothing but write transactions, and claims take\n"
-          "   turns: SQLite lets one writer in at a time, PostgreSQL serializes claims with an\n"
-          "   advisory lock. So the ratio measures lock contention, not a speed-up.)")
+    print("  (no build time: the builders do nothing but write transactions. SQLite lets one\n"
+          "   writer in at a time, so its ratio measures lock contention; on PostgreSQL no\n"
+          "   builder waits for another's claim, and the ratio is what the cores allow.)")
     print()
     return {str(batch): values for batch, values in figures.items()}
 
@@ -594,6 +628,529 @@ def report(store: Store, results: Results, args: argparse.Namespace) -> dict[str
 
 
 # --------------------------------------------------------------------------
+# Issue 19: side by side with pgqueuer, over a slow network, through a backlog
+# --------------------------------------------------------------------------
+
+
+def _pgqueuer() -> Any:
+    """Return the pgqueuer package, or exit saying how to install it (benchmark only)."""
+    try:
+        import pgqueuer
+    except ImportError:
+        raise SystemExit("--versus pgqueuer needs pgqueuer: pip install pgqueuer "
+                         "(a benchmark-only dependency)") from None
+    return pgqueuer
+
+
+def pgqueuer_worker(name: str, batch: int, target: str, barrier_timeout: float, barrier: Any,
+                    results: Any) -> None:
+    """A pgqueuer worker in a spawned process: run no-op jobs, B at a time, until none is left.
+
+    Warmed up before the barrier as a builder is (its connection, its check of
+    the tables); its event loop is uvloop's, as pgqueuer's own command line
+    runs it. Puts a :class:`BuilderReport` on ``results``: the jobs' ids as
+    ``finished``, ``last_finish`` when its last outcomes were committed.
+    """
+    import asyncio
+
+    report = BuilderReport(name)
+
+    async def work() -> None:
+        import psycopg
+
+        pgqueuer = _pgqueuer()
+        from pgqueuer.types import QueueExecutionMode
+
+        conn = await psycopg.AsyncConnection.connect(target, autocommit=True)
+        try:
+            queries = pgqueuer.Queries(pgqueuer.PsycopgDriver(conn))
+            log_jobs = queries.log_jobs
+
+            async def logged(*args: Any, **kwargs: Any) -> Any:
+                # The jobs' outcomes are committed here (in batches): the worker's
+                # last is its last finish, as ours is; what it does on its way out is not.
+                result = await log_jobs(*args, **kwargs)
+                report.last_finish = time.time()
+                return result
+
+            queries.log_jobs = logged  # type: ignore[method-assign]
+            manager = pgqueuer.QueueManager(queries)
+
+            @manager.entrypoint("build")
+            async def build(job: Any) -> None:
+                report.finished.append(str(job.id))
+
+            await manager.verify_structure()
+            barrier.wait(timeout=barrier_timeout)
+            report.started = report.last_finish = time.time()
+            await manager.run(batch_size=batch, mode=QueueExecutionMode.drain,
+                              dequeue_timeout=timedelta(milliseconds=50))
+        finally:
+            await conn.close()
+
+    try:
+        try:
+            import uvloop
+
+            runner: Callable[[Any], Any] = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        runner(work())
+    except BaseException:  # reported, whatever it was
+        report.error = f"pgqueuer worker {name}:\n{traceback.format_exc()}"
+    results.put(report)
+
+
+def run_pgqueuer(count: int, batch: int, target: str) -> list[BuilderReport]:
+    """Run ``count`` pgqueuer workers (spawned, behind a barrier) until the queue is drained."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    barrier, results = spawn.Barrier(count), spawn.Queue()
+    processes = [spawn.Process(target=pgqueuer_worker, daemon=True,
+                               args=(f"worker-{n}", batch, target, RUN_TIMEOUT, barrier, results))
+                 for n in range(count)]
+    reports: list[BuilderReport] = []
+    try:
+        for process in processes:
+            process.start()
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while len(reports) < count and time.monotonic() < deadline:
+            try:
+                reports.append(results.get(timeout=1.0))
+            except Exception:  # queue.Empty
+                if not any(process.is_alive() for process in processes):
+                    break
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        results.close()
+        results.join_thread()
+    errors = [report.error for report in reports if report.error]
+    if errors or len(reports) < count:
+        raise RuntimeError("a pgqueuer worker failed:\n" + "\n".join(errors or ["no report"]))
+    return reports
+
+
+def pgqueuer_fresh(store: PostgresStore, jobs: int) -> str:
+    """Return a new schema holding pgqueuer's tables and ``jobs`` queued no-op jobs."""
+    import asyncio
+
+    import psycopg
+
+    pgqueuer = _pgqueuer()
+    target = store._new_target()
+
+    async def setup() -> None:
+        conn = await psycopg.AsyncConnection.connect(target, autocommit=True)
+        try:
+            queries = pgqueuer.Queries(pgqueuer.PsycopgDriver(conn))
+            await queries.install()
+            await queries.enqueue(["build"] * jobs, [None] * jobs, [0] * jobs)
+            await conn.execute("ANALYZE")  # as ours is, once loaded
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    return target
+
+
+@dataclass
+class VersusRun:
+    """One run of ``builders`` builders of one system over a fresh database."""
+
+    system: str  # "ours" or "pgqueuer"
+    builders: int
+    batch: int
+    wall: float
+    problems: str
+
+
+def measure_pgqueuer(store: PostgresStore, builders: int, batch: int, jobs: int) -> VersusRun:
+    """Drain ``jobs`` no-op jobs with pgqueuer's workers; check each ran exactly once."""
+    target = pgqueuer_fresh(store, jobs)
+    try:
+        reports = run_pgqueuer(builders, batch, target)
+        done = Counter(job for report in reports for job in report.finished)
+        with store.raw(target) as conn:
+            left = conn.execute("SELECT count(*) FROM pgqueuer").fetchone()[0]
+            logged = conn.execute("SELECT count(*) FROM pgqueuer_log "
+                                  "WHERE status = 'successful'").fetchone()[0]
+    finally:
+        store.drop(target)
+    problems = []
+    if len(done) != jobs or any(count != 1 for count in done.values()):
+        problems.append(f"{len(done)} jobs run of {jobs}, "
+                        f"{sum(count != 1 for count in done.values())} not once")
+    if left or logged != jobs:
+        problems.append(f"{left} jobs left in the queue, {logged} logged successful")
+    return VersusRun("pgqueuer", builders, batch,
+                     max(r.last_finish for r in reports) - min(r.started for r in reports),
+                     "; ".join(problems))
+
+
+def bench_versus(store: PostgresStore, args: argparse.Namespace) -> list[VersusRun]:
+    """Ours and pgqueuer, interleaved (which goes first alternates), every case per repeat."""
+    runs: list[VersusRun] = []
+    for repeat in range(args.repeats):
+        for batch in args.batches:
+            for builders in (1, args.builders):
+                for system in (("ours", "pgqueuer") if repeat % 2 == 0
+                               else ("pgqueuer", "ours")):
+                    runs.append(measure_pgqueuer(store, builders, batch, args.versus_sessions)
+                                if system == "pgqueuer" else _as_versus(measure(
+                                    store, builders, batch, 0.0, args.versus_sessions,
+                                    args.seed + repeat)))
+        _progress(f"side by side: repeat {repeat + 1} of {args.repeats} done")
+    return runs
+
+
+def _as_versus(run: Run) -> VersusRun:
+    return VersusRun("ours", run.builders, run.batch, run.wall, run.problems)
+
+
+def table_versus(runs: list[VersusRun], args: argparse.Namespace) -> dict[str, Any]:
+    """Print the side-by-side table and return its figures, with the verdicts."""
+    print(f"ours / pgqueuer on the same server: N={args.versus_sessions} sessions (plus "
+          f"{3 * args.versus_sessions} history rows) / jobs, no-op build; wall time from the "
+          f"barrier to the last outcome committed, medians of {args.repeats}")
+    print(_row("builders, claiming B at a time", ["ours (s)", "pgqueuer", "ours/pgq"]))
+    figures: dict[str, Any] = {}
+    for builders in (1, args.builders):
+        for batch in args.batches:
+            walls = {system: statistics.median(
+                run.wall for run in runs if (run.system, run.builders, run.batch)
+                == (system, builders, batch)) for system in ("ours", "pgqueuer")}
+            ratio = walls["ours"] / walls["pgqueuer"]
+            verdict = "PASS" if ratio <= VERSUS_TARGET else "MISS"
+            figures[f"{builders}x{batch}"] = {**walls, "ratio": ratio, "verdict": verdict}
+            print(_row(f"  {builders} builder(s), B={batch}",
+                       [f"{walls['ours']:.2f}", f"{walls['pgqueuer']:.2f}", f"{ratio:.2f}"]))
+    for case, values in figures.items():
+        print(f"{values['verdict']}  ours / pgqueuer <= {VERSUS_TARGET:g}, {case}: "
+              f"{values['ratio']:.2f}")
+    return figures
+
+
+class LatencyProxy:
+    """A loopback TCP proxy that holds every chunk ``delay`` seconds in each direction.
+
+    A server behind it is ``2 * delay`` away, as on a slow network; what
+    passes is not changed (TLS is turned off in :attr:`url`). Use as a
+    context manager.
+    """
+
+    def __init__(self, url: str, delay: float) -> None:
+        parts = urlsplit(url)
+        self._server = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        port = self._listener.getsockname()[1]
+        netloc = f"{parts.username}@" if parts.username else ""
+        query = "&".join(filter(None, [parts.query, "sslmode=disable"]))
+        self.url = urlunsplit((parts.scheme, f"{netloc}127.0.0.1:{port}", parts.path, query, ""))
+        self.delay = delay
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> LatencyProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._listener.close()
+
+    def _serve(self) -> None:
+        selector = selectors.DefaultSelector()
+        self._listener.setblocking(False)
+        selector.register(self._listener, selectors.EVENT_READ, None)
+        # (when, order, destination, bytes): b"" closes the pair once all before it passed.
+        due: list[tuple[float, int, socket.socket, bytes]] = []
+        order = itertools.count()
+        pairs: dict[socket.socket, socket.socket] = {}
+
+        def close(sock: socket.socket) -> None:
+            for one in (sock, pairs.pop(sock, sock)):
+                pairs.pop(one, None)
+                if one.fileno() != -1:
+                    with suppress(KeyError, ValueError):  # (already, if it ended first)
+                        selector.unregister(one)
+                    one.close()
+
+        try:
+            while not self._stop.is_set():
+                wait = min(max(due[0][0] - time.monotonic(), 0.0), 0.05) if due else 0.05
+                for key, _ in selector.select(timeout=wait):
+                    if key.data is None:
+                        client, _ = self._listener.accept()
+                        server = socket.create_connection(self._server)
+                        for sock, peer in ((client, server), (server, client)):
+                            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                            pairs[sock] = peer
+                            selector.register(sock, selectors.EVENT_READ, peer)
+                        continue
+                    source: socket.socket = key.fileobj  # type: ignore[assignment]
+                    try:
+                        chunk = source.recv(65536)
+                    except OSError:
+                        chunk = b""
+                    if not chunk:
+                        selector.unregister(source)  # nothing more from it
+                    heapq.heappush(due, (time.monotonic() + self.delay, next(order), key.data,
+                                         chunk))
+                now = time.monotonic()
+                while due and due[0][0] <= now:
+                    _, _, destination, chunk = heapq.heappop(due)
+                    if destination.fileno() == -1:
+                        continue
+                    try:
+                        if chunk:
+                            destination.sendall(chunk)
+                            continue
+                    except OSError:
+                        pass
+                    close(destination)
+        finally:
+            for sock in list(pairs):
+                if sock.fileno() != -1:
+                    sock.close()
+            selector.close()
+
+    def proxied(self, target: str, url: str) -> str:
+        """Return ``target`` (``url`` plus a query) as reached through the proxy."""
+        rest = target[len(url):]
+        return self.url + ("&" + rest[1:] if rest.startswith("?") else rest)
+
+
+def _round_trip(target: str) -> float:
+    """Return the median seconds of a ``SELECT 1`` on one connection to ``target``."""
+    with closing(_psycopg_connect(target)) as conn:
+        times = []
+        for _ in range(21):
+            began = time.perf_counter()
+            conn.execute("SELECT 1").fetchall()
+            times.append(time.perf_counter() - began)
+    return float(statistics.median(times))
+
+
+def _psycopg_connect(target: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(target, autocommit=True)
+
+
+def bench_latency(store: PostgresStore, args: argparse.Namespace) -> dict[str, Any]:
+    """The builders through the latency proxy: 1 and 8, claiming 1 and 10 at a time."""
+    runs: list[Run] = []
+    with LatencyProxy(store.url, args.latency / 2000) as proxy:
+        probe = store._new_target()
+        try:
+            round_trip = _round_trip(proxy.proxied(probe, store.url))
+        finally:
+            store.drop(probe)
+        for repeat in range(args.repeats):
+            for batch in args.batches:
+                for builders in (1, args.builders):
+                    database = store.fresh(args.latency_sessions, args.seed + repeat)
+                    try:
+                        _pointing_at(proxy.proxied(database.target, store.url))
+                        reports = run_builders(builders, batch, 0.0)
+                        finished = Counter(n for report in reports for n in report.finished)
+                        problems = store.problems(database, finished)
+                    finally:
+                        store.drop(database.target)
+                    runs.append(Run(builders, batch, 0.0, args.latency_sessions,
+                                    wall=max(r.last_finish for r in reports)
+                                    - min(r.started for r in reports),
+                                    claim=sum(r.claim_seconds for r in reports),
+                                    finish=sum(r.finish_seconds for r in reports),
+                                    claim_calls=sum(r.claim_calls for r in reports),
+                                    contended=sum(r.contended for r in reports),
+                                    problems=problems))
+            _progress(f"latency: repeat {repeat + 1} of {args.repeats} done")
+    results = Results(runs)
+    n, many = args.latency_sessions, args.builders
+    print(f"over a network with {round_trip * 1e3:.1f} ms round trips (an in-process proxy "
+          f"holding each packet {args.latency / 2:g} ms each way), N={n}, no-op build; "
+          f"medians of {args.repeats}")
+    print(_row("", [f"B={batch}" for batch in args.batches]))
+    figures: dict[str, Any] = {"round_trip_ms": round_trip * 1e3}
+    for batch in args.batches:
+        walls = {count: results.median("wall", count, batch, 0.0) for count in (1, many)}
+        per_session = walls[1] / n / round_trip
+        figures[str(batch)] = {"wall_1_s": walls[1], f"wall_{many}_s": walls[many],
+                               "speedup": walls[1] / walls[many],
+                               "round_trips_per_session_1_builder": per_session}
+    for label, key, form in (("wall, 1 builder (s)", "wall_1_s", "{:.2f}"),
+                             (f"wall, {many} builders (s)", f"wall_{many}_s", "{:.2f}"),
+                             ("1 builder: time per session / round trip",
+                              "round_trips_per_session_1_builder", "{:.2f}"),
+                             (f"speed-up of {many} builders", "speedup", "{:.2f}")):
+        print(_row(f"  {label}", [form.format(figures[str(b)][key]) for b in args.batches]))
+    for batch in args.batches:
+        speedup = figures[str(batch)]["speedup"]
+        figures[str(batch)]["verdict"] = verdict = \
+            "PASS" if speedup >= LATENCY_TARGET else "MISS"
+        print(f"{verdict}  speed-up of {many} builders >= {LATENCY_TARGET:g}x at "
+              f"{round_trip * 1e3:.0f} ms, B={batch}: {speedup:.2f}x")
+    figures["problems"] = results.problems()
+    return figures
+
+
+def _backlog_rows(backlog: int, history: int, pids: list[str], seed: int) -> list[Row]:
+    """History first (completed sessions, 3 rows each), then the backlog, in time order."""
+    rng = random.Random(seed)
+    rows: list[Row] = []
+    sessions = history // 3
+    for number in range(sessions):
+        rows += _session_rows(rng, number, pids, "COMPLETED")
+    for number in range(backlog):
+        rows += _session_rows(rng, sessions + number, pids, "TO_BE_BUILT")
+    return rows
+
+
+def _claim_plan(conn: Any) -> list[str]:
+    """Return the plan of one claim (EXPLAIN ANALYZE, BUFFERS), rolled back."""
+    from nexusLIMS.db import queries
+    from nexusLIMS.db.backends.postgresql import POSTGRESQL
+    from nexusLIMS.db.backends.translate import native_sql
+
+    conn.execute("BEGIN")
+    try:
+        if hasattr(queries, "claim_sessions_statement"):
+            for statement in getattr(POSTGRESQL, "ordered_reads", ()):
+                conn.execute(statement)
+            clock = POSTGRESQL.ddl.clock
+            sql = queries.claim_sessions_statement(1, now=clock(), expires=clock("?"),
+                                                   skip_locked=POSTGRESQL.skip_locked)
+            params: tuple[Any, ...] = ([], "explain", "explain", 60.0)
+        else:  # the claims before issue 19 (to measure them with this script)
+            sql = f"{queries.CLAIM_CANDIDATES} LIMIT ?"
+            params = (datetime.now(timezone.utc).isoformat(), 0, 9)
+        return [line for (line,) in conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS) " + native_sql(sql), params).fetchall()]
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def _timed_claims(count: int, finish: bool) -> list[float]:
+    """Claim one session ``count`` times (finishing each); return each claim's seconds."""
+    from nexusLIMS.db.claims import claim_sessions
+
+    times = []
+    for _ in range(count):
+        began = time.perf_counter()
+        claimed = claim_sessions(1, worker="bench")
+        times.append(time.perf_counter() - began)
+        if finish:
+            if not claimed:
+                raise RuntimeError("the backlog ran out early")
+            claimed[0].finish("COMPLETED")
+    return times
+
+
+def bench_backlog(store: PostgresStore, args: argparse.Namespace) -> dict[str, Any]:
+    """Claim latency early in a backlog, late in it and once it is empty, per statistics."""
+    import nexusLIMS
+
+    figures: dict[str, Any] = {"package": str(Path(nexusLIMS.__file__).parent)}
+    probes, empties = args.backlog_probes, max(args.backlog_probes // 4, 10)
+    print(f"one builder claiming one session at a time through a backlog of {args.backlog} "
+          f"sessions behind {args.history} history rows (package: {figures['package']}); "
+          f"medians of {probes} claims (finish not counted), {empties} empty claims")
+    print(_row("statistics", ["first (ms)", "last (ms)", "empty (ms)", "last/first",
+                              "empty/first"], 12))
+    for stats in ("fresh", "stale", "missing"):
+        target = store._new_target()
+        try:
+            init_db(target)
+            rows = _backlog_rows(args.backlog, args.history, sorted(add_sample_instruments(target)),
+                                 args.seed)
+            with store.raw(target) as conn:
+                store._load(conn, rows)
+                for table in ("session_log", "session_claims"):  # the statistics stay as set
+                    conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+                if stats != "missing":
+                    conn.execute("ANALYZE")
+            _pointing_at(target)
+            _timed_claims(3, finish=True)  # warm: the pool, the checks, the statement prepared
+            first = _timed_claims(probes, finish=True)
+            with store.raw(target) as conn:
+                # The backlog worked through (one transaction per 1,000 sessions), as
+                # builders would leave it: every row updated, its old version dead.
+                while True:
+                    done = conn.execute(
+                        "UPDATE session_log SET record_status = 'COMPLETED' "
+                        "WHERE record_status = 'TO_BE_BUILT' AND session_identifier IN ("
+                        "SELECT session_identifier FROM session_log WHERE event_type = 'START' "
+                        "AND record_status = 'TO_BE_BUILT' ORDER BY id_session_log "
+                        "LIMIT LEAST(1000, GREATEST((SELECT count(*) FROM session_log WHERE "
+                        "event_type = 'START' AND record_status = 'TO_BE_BUILT') - %s, 0)))",
+                        (probes + 3,)).rowcount
+                    if not done:
+                        break
+                if stats == "fresh":
+                    conn.execute("ANALYZE")
+            last = _timed_claims(probes, finish=True)
+            _timed_claims(3, finish=True)  # the backlog is empty now
+            empty = _timed_claims(empties, finish=False)
+            with store.raw(target) as conn:
+                plan = _claim_plan(conn)
+        finally:
+            store.drop(target)
+        medians = [statistics.median(times) * 1e3 for times in (first, last, empty)]
+        figures[stats] = {"first_ms": medians[0], "last_ms": medians[1], "empty_ms": medians[2],
+                          "last_over_first": medians[1] / medians[0],
+                          "empty_over_first": medians[2] / medians[0], "plan": plan}
+        print(_row(f"  {stats}", [f"{value:.2f}" for value in medians]
+                   + [f"{medians[1] / medians[0]:.2f}", f"{medians[2] / medians[0]:.2f}"], 12))
+        _progress(f"backlog: statistics {stats} done")
+    for stats in ("fresh", "stale", "missing"):
+        worst = max(figures[stats]["last_over_first"], figures[stats]["empty_over_first"])
+        figures[stats]["verdict"] = verdict = "PASS" if worst <= BACKLOG_TARGET else "MISS"
+        print(f"{verdict}  a late or empty claim <= {BACKLOG_TARGET:g}x the first, statistics "
+              f"{stats}: {worst:.2f}x")
+    print("\nthe plan of a claim that finds nothing (EXPLAIN ANALYZE), statistics missing:")
+    for line in figures["missing"]["plan"]:
+        if any(word in line for word in ("Scan", "Sort", "Limit", "Execution", "Buffers: shared",
+                                         "Index Cond")):
+            print(f"  {line}")
+    return figures
+
+
+def run_issue_19(store: PostgresStore, args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    """Run the measurements asked for; return their figures and whether one missed."""
+    figures: dict[str, Any] = {"machine": machine(store), "options": vars(args)}
+    print(figures["machine"])
+    print()
+    missed = False
+    if args.versus:
+        runs = bench_versus(store, args)
+        figures["versus"] = table_versus(runs, args)
+        figures["versus_runs"] = [asdict(run) for run in runs]
+        figures["problems"] = [f"{run.system}, {run.builders} builders, B={run.batch}: "
+                               f"{run.problems}" for run in runs if run.problems]
+        missed |= any(v["verdict"] != "PASS" for v in figures["versus"].values())
+        print()
+    if args.latency:
+        figures["latency"] = latency = bench_latency(store, args)
+        figures.setdefault("problems", []).extend(latency["problems"])
+        missed |= any(latency[str(batch)]["verdict"] != "PASS" for batch in args.batches)
+        print()
+    if args.backlog:
+        figures["backlog"] = backlog = bench_backlog(store, args)
+        missed |= any(backlog[stats]["verdict"] != "PASS"
+                      for stats in ("fresh", "stale", "missing"))
+    for line in figures.get("problems", []):
+        print(f"FAIL  {line}")
+    return figures, missed
+
+
+# --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
 
@@ -625,13 +1182,30 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--strict", action="store_true",
                         help=f"exit 1 when a speed-up misses its target ({SPEEDUP_TARGET:g}x)")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--versus", choices=("pgqueuer",),
+                        help="PostgreSQL: only the side-by-side run against this job queue")
+    parser.add_argument("--versus-sessions", type=int, default=5000,
+                        help="sessions (and jobs) of --versus (default 5000)")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="MS",
+                        help="PostgreSQL: only 1 and 8 builders with MS ms round trips (try 20)")
+    parser.add_argument("--latency-sessions", type=int, default=400,
+                        help="sessions of --latency (default 400)")
+    parser.add_argument("--backlog", type=int, default=0, metavar="N",
+                        help="PostgreSQL: only claims through a backlog of N sessions (try 50000)")
+    parser.add_argument("--history", type=int, default=0,
+                        help="history rows before the --backlog (default 3N)")
+    parser.add_argument("--backlog-probes", type=int, default=200,
+                        help="claims timed early and late in the --backlog (default 200)")
     args = parser.parse_args(argv)
+    args.history = args.history or 3 * args.backlog
     if args.quick:
         args.sessions, args.build_sessions, args.repeats = 200, 80, 1
     if args.url and args.backend != "postgresql":
         parser.error("--url needs --backend postgresql")
     if args.tmpfs and (args.backend != "sqlite" or not os.access("/dev/shm", os.W_OK)):
         parser.error("--tmpfs needs --backend sqlite and a writable /dev/shm")
+    if (args.versus or args.latency or args.backlog) and args.backend != "postgresql":
+        parser.error("--versus, --latency and --backlog need --backend postgresql")
     if args.analyze and args.backend != "sqlite":
         parser.error("--analyze is for --backend sqlite (PostgreSQL is always analyzed)")
     if min(args.sessions, args.build_sessions, args.builders, args.repeats, *args.batches) < 1:
@@ -653,9 +1227,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             store = PostgresStore(args.url) if args.backend == "postgresql" \
                 else SqliteStore(args.tmpfs, args.analyze)
-            results = bench(store, args)
-            print()
-            figures = report(store, results, args)
+            if args.versus or args.latency or args.backlog:
+                assert isinstance(store, PostgresStore)
+                figures, missed_19 = run_issue_19(store, args)
+            else:
+                results = bench(store, args)
+                print()
+                figures = report(store, results, args)
         finally:
             for var, value in saved.items():
                 if value is None:
@@ -669,8 +1247,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
-    if figures["problems"]:
+    if figures.get("problems"):
         return 2
+    if "simulated_build" not in figures:
+        return 1 if args.strict and missed_19 else 0
     missed = [batch for batch, values in figures["simulated_build"].items()
               if values["verdict"] != "PASS"]
     return 1 if args.strict and missed else 0

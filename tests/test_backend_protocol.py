@@ -12,6 +12,7 @@ import inspect
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from nexusLIMS.db.tables import (
     TABLES,
     quoted_columns,
 )
+from nexusLIMS.db.testing import skew_clock
+from nexusLIMS.db.timestamps import utc_now, utc_text
 
 LOG_INSERT = ("INSERT INTO session_log (session_identifier, instrument, timestamp, event_type, "
               "record_status) VALUES (?, ?, ?, ?, ?)")
@@ -201,6 +204,59 @@ def test_migration_mechanics(raw: Raw, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), backend.removed_if_failed(location):
         raise RuntimeError
     assert backend.table_names(connection)  # an existing database is never removed
+
+
+def test_the_databases_clock(raw: Raw) -> None:
+    backend, connection, _ = raw
+    clock = backend.ddl.clock
+
+    def read(sql: str, params: tuple[Any, ...] = ()) -> datetime:
+        text = backend.execute(connection, f"SELECT {sql}", params, 5).fetchone()[0]
+        assert len(text) == len(utc_text(utc_now()))  # utc_text's fixed width
+        assert text.endswith("+00:00")
+        return datetime.fromisoformat(text)
+
+    assert abs(read(clock()) - utc_now()) < timedelta(minutes=1)
+    assert abs(read(clock("?"), (60.5,)) - utc_now() - timedelta(seconds=60.5)) \
+        < timedelta(minutes=1)
+    restore = skew_clock(-3600)  # a builder an hour behind
+    try:
+        behind = read(clock())
+    finally:
+        restore()
+    # A server's own clock; SQLite's is the builders' (so they must share one).
+    assert abs(behind - utc_now()) < timedelta(minutes=1) if backend.skip_locked \
+        else abs(behind - utc_now() + timedelta(hours=1)) < timedelta(minutes=1)
+
+
+def test_skipping_locked_rows_and_ordered_reads(raw: Raw) -> None:
+    backend, connection, location = raw
+    backend.write_batch(connection, [(LOG_INSERT, (f"s{n}", TITAN, "2021-05-01T10:00:00",
+                                                   "START", "TO_BE_BUILT")) for n in (1, 2)],
+                        "WRITE", 5)
+    if not backend.skip_locked:  # one writer at a time: nothing to skip, no plan to steer
+        assert backend.ordered_reads == ()
+        return
+    db = database_at(location)
+    other = db.take()
+    try:
+        backend.begin(other, "WRITE", 5)
+        assert backend.execute(other, "SELECT session_identifier FROM session_log AS s WHERE "
+                               "session_identifier = 's1' FOR UPDATE", (), 5).fetchall()
+        backend.begin(connection, "WRITE", 0.5)  # a wait would fail: none happens
+        for statement in backend.ordered_reads:
+            backend.execute(connection, statement, (), 5)
+        assert backend.execute(connection, "SELECT current_setting('enable_sort')", (),
+                               5).fetchone() == ("off",)
+        assert backend.execute(
+            connection, f"SELECT session_identifier FROM session_log AS s ORDER BY "
+            f"id_session_log FOR UPDATE OF s {backend.skip_locked}", (), 5).fetchall() == [("s2",)]
+        backend.rollback(connection)
+        backend.rollback(other)
+    finally:
+        db.give(other)
+    assert backend.execute(connection, "SELECT current_setting('enable_sort')", (),
+                           5).fetchone() == ("on",)  # for that transaction only
 
 
 def test_sql_written_for_sqlite(raw: Raw) -> None:

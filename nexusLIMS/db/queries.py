@@ -256,10 +256,15 @@ def values_outside(column: str, allowed: tuple[str, ...]) -> str:
 
 
 # --- session_claims ------------------------------------------------------------------
+#
+# Claim times are written and judged by the database's clock (the dialect's
+# ``clock``: a server's own; on SQLite, the builders'), given to the
+# statements below as SQL: ``now`` and ``expires`` (the clock ``?`` seconds on).
 
 #: TO_BE_BUILT STARTs in id order after id ``?``, leaving out those a live claim
 #: (expiring after ``?``, the first parameter) holds: read through the partial
 #: index ordered by id, so a claim reads only as many sessions as it takes.
+#: (The claim of a database with one writer at a time: SQLite.)
 CLAIM_CANDIDATES = (
     f"SELECT s.id_session_log, s.session_identifier FROM {_LOG} AS s "
     f"WHERE s.record_status = '{_TBB}' AND s.event_type = '{_START}' AND NOT EXISTS ("
@@ -273,20 +278,119 @@ UPSERT_CLAIM = (
     f"worker = excluded.worker, token = excluded.token, claimed_at = excluded.claimed_at, "
     f"expires_at = excluded.expires_at"
 )
+#: A ``CASE`` of a log ``x`` of session ``s``: the waiting END on ``s``'s instrument.
+_ITS_END = (f"x.record_status = '{_TBB}' AND x.event_type = '{_END}' "
+            f"AND x.instrument = s.instrument")
+#: The separator of the parts of a session's key in :func:`claim_sessions_statement`.
+KEY_SEPARATOR = "\x1f"
+
+
+def claim_sessions_statement(limit: int, *, now: str, expires: str, skip_locked: str) -> str:
+    """Return the one statement that claims up to ``limit`` sessions for one builder.
+
+    For a database whose locked rows can be skipped (``skip_locked``, the
+    backend's words after ``FOR UPDATE OF s``): the TO_BE_BUILT STARTs in id
+    order that no live claim holds, have exactly one waiting END, on their
+    own (known) instrument, and are not among the sessions the builder judged
+    inconsistent already (the first parameter: ``identifier, START time, END
+    time`` joined by :data:`KEY_SEPARATOR`, an array); each START row is
+    locked as it is taken, those another builder holds are skipped, so that
+    no builder waits for another. Each is claimed for worker ``?`` with the
+    token ``<?>-<START id>`` (a seed fresh for each call), at ``now`` until
+    ``expires`` (its ``?``: the lease in seconds); an expired claim is taken
+    over. Returns one row per START taken: ``(START id, identifier,
+    instrument, START time, user, END id, END time, token, claimed_at,
+    expires_at)``, the last three NULL where another builder's claim came
+    first (it committed after this statement began): the session is not
+    this builder's.
+
+    The STARTs are read in the order of the claiming index, ``(event_type,
+    id)``, which no other index gives: with the backend's ``ordered_reads``
+    the planner can neither walk the primary key past the history nor sort
+    the whole backlog, so a claim reads about as many index entries as it
+    takes, however long the backlog and the history. Each START's logs are
+    counted through the identifier's index alone (the statuses and events
+    are tested on the rows, not in an index condition), whatever the statistics say.
+    """
+    return (
+        f"WITH picked AS (SELECT s.id_session_log, s.session_identifier, s.instrument, "
+        f"s.timestamp, s.{quote('user')}, e.end_id, e.end_time FROM {_LOG} AS s "
+        f"CROSS JOIN LATERAL (SELECT sum(CASE WHEN x.record_status = '{_TBB}' AND "
+        f"x.event_type IN ('{_START}', '{_END}') THEN 1 ELSE 0 END) AS waiting, "
+        f"max(CASE WHEN {_ITS_END} THEN x.id_session_log END) AS end_id, "
+        f"max(CASE WHEN {_ITS_END} THEN x.timestamp END) AS end_time, "
+        f"EXISTS (SELECT 1 FROM {_INSTRUMENTS} AS i WHERE i.instrument_pid = s.instrument) "
+        f"AS known FROM {_LOG} AS x WHERE x.session_identifier = s.session_identifier) AS e "
+        f"WHERE s.record_status = '{_TBB}' AND s.event_type >= '{_START}' "
+        f"AND s.event_type <= '{_START}' "
+        # A filter of the scan itself, first: the sessions other builders hold cost
+        # one probe of the claims' key each, not a count of their logs.
+        f"AND coalesce((SELECT c.expires_at FROM {_CLAIMS} AS c "
+        f"WHERE c.session_identifier = s.session_identifier), '') <= {now} "
+        f"AND e.waiting = 2 AND e.end_id IS NOT NULL AND e.known "
+        f"AND s.session_identifier || chr(31) || s.timestamp || chr(31) || e.end_time <> ALL(?) "
+        f"ORDER BY s.event_type, s.id_session_log LIMIT {int(limit)} "
+        f"FOR UPDATE OF s {skip_locked}), "
+        f"claimed AS (INSERT INTO {_CLAIMS} (session_identifier, worker, token, claimed_at, "
+        f"expires_at) SELECT p.session_identifier, ?, ? || '-' || p.id_session_log, {now}, "
+        f"{expires} FROM picked AS p ON CONFLICT (session_identifier) DO UPDATE SET "
+        f"worker = excluded.worker, token = excluded.token, claimed_at = excluded.claimed_at, "
+        f"expires_at = excluded.expires_at WHERE {_CLAIMS}.expires_at <= excluded.claimed_at "
+        f"RETURNING session_identifier, token, claimed_at, expires_at) "
+        f"SELECT p.id_session_log, p.session_identifier, p.instrument, p.timestamp, "
+        f"p.{quote('user')}, p.end_id, p.end_time, c.token, c.claimed_at, c.expires_at "
+        f"FROM picked AS p LEFT JOIN claimed AS c ON c.session_identifier = p.session_identifier"
+    )
+
+
 #: Whether this token still holds the session's claim (to lock the row, append the
 #: backend's ``lock_rows``).
 CLAIM_HELD = f"SELECT 1 FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?"
 #: A condition: the claim on the session is this token's (parameters: identifier, token).
 CLAIM_IS_HELD = (f"EXISTS (SELECT 1 FROM {_CLAIMS} WHERE {_CLAIMS}.session_identifier = ? "
                  f"AND {_CLAIMS}.token = ?)")
-#: Extend a claim that this token holds.
-RENEW_CLAIM = f"UPDATE {_CLAIMS} SET expires_at = ? WHERE session_identifier = ? AND token = ?"
+
+
+def renew_claim(expires: str) -> str:
+    """Return the statement extending a claim that this token holds to ``expires``.
+
+    Parameters: the lease in seconds (``expires``' ``?``), identifier, token.
+    """
+    return f"UPDATE {_CLAIMS} SET expires_at = {expires} WHERE session_identifier = ? AND token = ?"
+
+
+#: The expiry of the claim this token holds.
+CLAIM_EXPIRY = f"SELECT expires_at FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?"
 #: End a claim that this token holds.
 END_OWN_CLAIM = f"DELETE FROM {_CLAIMS} WHERE session_identifier = ? AND token = ?"
 #: End every claim on a session.
 END_CLAIMS = f"DELETE FROM {_CLAIMS} WHERE session_identifier = ?"
-#: The sessions a claim expiring after ``?`` holds.
-LIVE_CLAIMS = f"SELECT session_identifier FROM {_CLAIMS} WHERE expires_at > ?"
+
+
+def end_claims_where(condition: str) -> str:
+    """Return the statement ending the claims where ``condition`` (on ``token``, say)."""
+    return f"DELETE FROM {_CLAIMS} WHERE {condition}"
+
+
+def live_claims(now: str) -> str:
+    """Return the query of the sessions a claim holds that expires after ``now``."""
+    return f"SELECT session_identifier FROM {_CLAIMS} WHERE expires_at > {now}"
+
+
+def clock_reading(now: str) -> str:
+    """Return the query of the database's clock ``now`` (one row)."""
+    return f"SELECT {now}"
+
+
+def claims_made_after(moment: str) -> str:
+    """Return the query of ``(worker, claimed_at)`` of the claims made after ``moment``.
+
+    A claim made "in the future" was written by a builder whose clock is ahead.
+    """
+    return (f"SELECT worker, max(claimed_at) FROM {_CLAIMS} WHERE claimed_at > {moment} "
+            f"GROUP BY worker ORDER BY worker")
+
+
 #: Every claim, oldest first.
 CLAIMS = (f"SELECT session_identifier, worker, claimed_at, expires_at FROM {_CLAIMS} "
           f"ORDER BY claimed_at, session_identifier")

@@ -36,7 +36,7 @@ from nexusLIMS.db.schema import (
 )
 from nexusLIMS.db.session import Session, handed_session, set_session_status
 from nexusLIMS.db.tables import StoredLog
-from nexusLIMS.db.timestamps import utc_now, utc_text
+from nexusLIMS.db.timestamps import utc_now
 
 __all__ = [
     "OnError",
@@ -148,8 +148,8 @@ def live_claims(conn: Connection) -> set[str]:
     """Return the identifiers of the sessions a live claim holds (none before schema 3)."""
     if not has_table(conn, SESSION_CLAIMS.name):
         return set()
-    return {identifier for (identifier,) in conn.fetchall(queries.LIVE_CLAIMS,
-                                                          (utc_text(utc_now()),))}
+    return {identifier for (identifier,) in conn.fetchall(
+        queries.live_claims(conn.backend.ddl.clock()))}
 
 
 def late_revisions(conn: Connection) -> list[SessionProblem]:
@@ -281,8 +281,9 @@ def _sessions_to_build(
     """
     with transaction(database, begin="IMMEDIATE" if on_error == "mark" else None) as conn:
         claims = exclude_claimed and has_table(conn, SESSION_CLAIMS.name)
-        sessions, problems, extra = _pair(
-            conn, instruments, [(queries.LIVE_CLAIMS, (utc_text(utc_now()),))] if claims else [])
+        sessions, problems, extra = _pair(  # live by the database's clock (a server's)
+            conn, instruments, [(queries.live_claims(conn.backend.ddl.clock()), ())]
+            if claims else [])
         if claims:
             claimed = {identifier for (identifier,) in extra[0]}
             sessions = [s for s in sessions if s.session_identifier not in claimed]

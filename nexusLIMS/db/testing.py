@@ -50,6 +50,7 @@ __all__ = [
     "postgres_bindir",
     "process_alive",
     "run_builders",
+    "skew_clock",
     "unbuilt",
 ]
 
@@ -414,19 +415,39 @@ def unbuilt(database: Optional[str] = None) -> int:
         return int(conn.scalar(_UNBUILT))
 
 
+def skew_clock(seconds: float) -> Callable[[], None]:
+    """Set this process's clock, as the package reads it, ``seconds`` ahead (behind if < 0).
+
+    The package reads the time through :func:`nexusLIMS.db.timestamps.utc_now`
+    (and so does SQLite's SQL clock); the returned function sets it right again.
+    """
+    from nexusLIMS.db import timestamps
+
+    real = timestamps.utc_now
+    timestamps.utc_now = lambda: real() + timedelta(seconds=seconds)
+
+    def restore() -> None:
+        timestamps.utc_now = real
+
+    return restore
+
+
 def builder(name: str, batch: int, build_seconds: float, lease_seconds: Optional[float],
             record_generation: bool, database: Optional[str], barrier_timeout: float,
-            barrier: Any, results: Any) -> None:
+            barrier: Any, results: Any, clock_offset: float = 0.0) -> None:
     """Claim ``batch`` sessions at a time and build each, until no session is left to build.
 
     Runs in a spawned process. A build is ``insert_record_generation_event()``
     when ``record_generation``, a sleep of ``build_seconds`` when not 0, and
     ``finish("COMPLETED")``. Before the barrier, it warms up as a
     long-running builder would be (imports, first connection, schema check)
-    by claiming nothing. Puts a :class:`BuilderReport` on ``results``.
+    by claiming nothing. Its clock is ``clock_offset`` seconds off (see
+    :func:`skew_clock`). Puts a :class:`BuilderReport` on ``results``.
     """
     from nexusLIMS.db.claims import DEFAULT_LEASE, claim_sessions
 
+    if clock_offset:
+        skew_clock(clock_offset)
     lease = DEFAULT_LEASE if lease_seconds is None else timedelta(seconds=lease_seconds)
     report = BuilderReport(name)
     try:
@@ -463,14 +484,17 @@ def builder(name: str, batch: int, build_seconds: float, lease_seconds: Optional
 def run_builders(count: int, batch: int, build_seconds: float = 0.0, *,
                  database: Optional[str] = None, lease: Optional[timedelta] = None,
                  record_generation: bool = False, timeout: float = 900.0,
+                 clock_offsets: tuple[float, ...] = (),
                  ) -> list[BuilderReport]:
     """Run ``count`` builder processes (see :func:`builder`) until nothing is left to build.
 
     The builders are spawned processes, started behind a barrier once warmed
     up. They use ``database`` (a path or URL), else the database the
     environment names (children inherit it). ``lease`` is each claim's
-    (default: ``claim_sessions``'). Returns every builder's report, with its
-    ``error`` (if one failed) and its process's ``exitcode``.
+    (default: ``claim_sessions``'). Builder ``n``'s clock is
+    ``clock_offsets[n % len(clock_offsets)]`` seconds off (none when empty).
+    Returns every builder's report, with its ``error`` (if one failed) and
+    its process's ``exitcode``.
 
     Raises
     ------
@@ -483,7 +507,9 @@ def run_builders(count: int, batch: int, build_seconds: float = 0.0, *,
     lease_seconds = None if lease is None else lease.total_seconds()
     processes = {f"builder-{number}": spawn.Process(
         target=builder, args=(f"builder-{number}", batch, build_seconds, lease_seconds,
-                              record_generation, database, timeout, barrier, results),
+                              record_generation, database, timeout, barrier, results,
+                              clock_offsets[number % len(clock_offsets)] if clock_offsets
+                              else 0.0),
         daemon=True) for number in range(count)}
     try:
         for process in processes.values():

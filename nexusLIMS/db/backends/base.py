@@ -58,6 +58,17 @@ class Backend(Protocol):
     #: Appended to a SELECT in a write transaction, keeps the rows it read
     #: from other writers until the transaction ends.
     lock_rows: str
+    #: Where rows locked by another transaction can be skipped instead of
+    #: waited for, the words that do it after ``FOR UPDATE OF <table>``
+    #: (``"SKIP LOCKED"``): claims are then one statement that locks only the
+    #: sessions it takes, and no builder waits for another. Empty where the
+    #: database lets one writer in at a time (SQLite): a claim then reads and
+    #: writes in one write transaction.
+    skip_locked: str
+    #: Statements that make the rest of a transaction read an index in its
+    #: order rather than sort what it found, so that a LIMIT stops the read
+    #: whatever the planner's statistics say (none where there is no choice).
+    ordered_reads: tuple[str, ...]
     #: Whether the planner pairs START and END logs best through the partial
     #: pairing index (one join); else one scan of the waiting logs, paired in Python.
     pairs_through_index: bool

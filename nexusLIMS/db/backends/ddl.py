@@ -25,7 +25,11 @@ from nexusLIMS.db.tables import (
     quote,
 )
 
-__all__ = ["DIALECTS", "POSTGRESQL_DDL", "SQLITE_DDL", "Dialect", "literal"]
+__all__ = ["CLOCK_FUNCTION", "DIALECTS", "POSTGRESQL_DDL", "SQLITE_DDL", "Dialect", "literal"]
+
+#: The SQL function that gives SQLite the builders' clock (see ``Dialect.clock``);
+#: the SQLite backend defines it on each connection it opens.
+CLOCK_FUNCTION = "nexuslims_utc_text"
 
 
 def literal(value: str) -> str:
@@ -50,6 +54,18 @@ class Dialect:
 
     def local_now(self) -> str:
         """Return the SQL of the current local time as ``YYYY-MM-DDTHH:MM:SS.fff`` text."""
+        raise NotImplementedError
+
+    def clock(self, seconds: Optional[str] = None) -> str:
+        """Return the SQL of the database's clock, ``seconds`` from now, as UTC text.
+
+        The text has the fixed width of :func:`~nexusLIMS.db.timestamps.utc_text`
+        (microseconds, ``+00:00``), so it compares with stored claim times as
+        text does. ``seconds`` is an SQL expression (a ``?`` placeholder, say);
+        None means now. A server judges leases by its own clock, so that no
+        builder's clock does; SQLite, in the builder's process, has none: its
+        dialect names the builder's clock.
+        """
         raise NotImplementedError
 
     def column_sql(self, column: Column) -> str:
@@ -132,6 +148,11 @@ class _SQLiteDialect(Dialect):
     def local_now(self) -> str:
         return "(strftime('%Y-%m-%dT%H:%M:%f', 'now', 'localtime'))"
 
+    def clock(self, seconds: Optional[str] = None) -> str:
+        # The builders' clock, as Python reads it (timestamps.utc_now): builders
+        # sharing a file must share a clock (one host).
+        return f"{CLOCK_FUNCTION}({seconds or 0})"
+
     def keep_logs_trigger(self, *, temporary: bool = False) -> str:
         """Return the trigger refusing to delete (or REPLACE) an instrument that has logs.
 
@@ -197,6 +218,13 @@ class _PostgreSQLDialect(Dialect):
 
     def local_now(self) -> str:
         return "to_char(localtimestamp, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS')"
+
+    def clock(self, seconds: Optional[str] = None) -> str:
+        # The server's clock at the start of the statement, whatever the builder's says.
+        moment = "statement_timestamp() AT TIME ZONE 'UTC'"
+        if seconds is not None:
+            moment = f"({moment} + ({seconds}) * interval '1 second')"
+        return f"to_char({moment}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
 
     def version_statements(self, version: int) -> list[str]:
         return [f"CREATE TABLE IF NOT EXISTS {self.version_table} (version INTEGER NOT NULL)",

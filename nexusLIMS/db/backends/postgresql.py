@@ -12,7 +12,6 @@ lock_timeout``. The package's ``?`` placeholders become psycopg's ``%s``
 from __future__ import annotations
 
 import logging
-import math
 import os
 import select
 import socket
@@ -56,6 +55,9 @@ _GRACE = 4.0
 #: Seconds a caller waits for a pool that cannot reach its server, before a new
 #: pool tries at once (the pool's own attempts grow further apart).
 _AWAY_WAIT = 0.5
+#: Seconds between the watchdog's looks while waits come and go (less than any
+#: wait's bound, which is at least _GRACE).
+_IDLE_LOOK = 1.0
 #: Seconds an unused connection stays open beyond the one a process keeps.
 _MAX_IDLE = 1.0
 _MAX_MS = 2**31 - 1  # the largest lock_timeout PostgreSQL takes, in milliseconds
@@ -234,18 +236,23 @@ class _Watchdog:
         self._deadlines: dict[int, tuple[float, _Connection]] = {}
         self._next = 0
         self._thread: Optional[threading.Thread] = None
-        self._wakes_at = math.inf  # when the thread looks next, by itself
+        #: By when the thread looks at the deadlines again (None: once notified).
+        self._wake_at: Optional[float] = None
 
     def arm(self, conn: _Connection, seconds: float) -> int:
-        deadline = time.monotonic() + seconds
         with self._cond:
             self._next += 1
+            now = time.monotonic()
+            deadline = now + seconds
             self._deadlines[self._next] = (deadline, conn)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="nexuslims-db watchdog",
                                                 daemon=True)
                 self._thread.start()
-            if deadline < self._wakes_at:  # else it looks in time anyway: no thread switch
+            # The thread is woken only when it would look too late: a thread switch
+            # for every round trip would cost more than the round trip itself.
+            if self._wake_at is None or deadline < self._wake_at:
+                self._wake_at = now  # (it looks at once)
                 self._cond.notify()
             return self._next
 
@@ -255,16 +262,21 @@ class _Watchdog:
 
     def _run(self) -> None:
         with self._cond:
+            armed = self._next
             while True:
                 now = time.monotonic()
                 for token, (deadline, conn) in list(self._deadlines.items()):
                     if deadline <= now:
                         del self._deadlines[token]
                         conn.cut()
-                self._wakes_at = min((deadline for deadline, _ in self._deadlines.values()),
-                                     default=math.inf)
-                self._cond.wait(None if self._wakes_at == math.inf
-                                else max(self._wakes_at - now, 0.001))
+                soonest = min((deadline for deadline, _ in self._deadlines.values()), default=None)
+                if soonest is None and self._next != armed:
+                    # Waits come and go: look again a little later, sooner than any
+                    # deadline a new one can have, rather than be woken for each.
+                    soonest = now + _IDLE_LOOK
+                armed = self._next
+                self._wake_at = soonest
+                self._cond.wait(None if soonest is None else max(soonest - now, 0.001))
 
 
 _WATCHDOG = _Watchdog()
@@ -610,8 +622,14 @@ class _PostgreSQL:
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
     lock_rows = " FOR UPDATE"
-    # One plain read of the waiting rows, paired here: cheaper than the server's
-    # join of them, and no join plan can go wrong on stale statistics.
+    # A claim locks the START rows it takes, skipping those another builder holds.
+    skip_locked = "SKIP LOCKED"
+    # The claim's LIMIT then stops the scan of the claiming index, whatever the
+    # statistics say (a sort would read every waiting row, and every dead one).
+    ordered_reads: tuple[str, ...] = (
+        "SELECT set_config('enable_sort', 'off', true), "
+        "set_config('enable_incremental_sort', 'off', true)",)
+    # One plain read: no join plan can go wrong on stale statistics.
     pairs_through_index = False
     is_file = False
 

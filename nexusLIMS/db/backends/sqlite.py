@@ -17,12 +17,14 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
+from datetime import timedelta
 from pathlib import Path, PurePath
 from typing import Any, Callable, Hashable, Optional, Sequence, TypeVar, Union
 from urllib.parse import quote as quote_url
 
+from nexusLIMS.db import timestamps
 from nexusLIMS.db.backends.base import Pool, Result, insert_statement, writes_to_parent
-from nexusLIMS.db.backends.ddl import SQLITE_DDL, Dialect
+from nexusLIMS.db.backends.ddl import CLOCK_FUNCTION, SQLITE_DDL, Dialect
 from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout
 from nexusLIMS.db.config import Backend as BackendName
 from nexusLIMS.db.errors import (
@@ -142,6 +144,15 @@ def _open(path: Path, *, create: bool, same_thread: bool = True) -> sqlite3.Conn
                            check_same_thread=same_thread)
 
 
+def _builders_clock(seconds: float) -> str:
+    """SQLite's clock in SQL (``Dialect.clock``): the builder's own, ``seconds`` from now.
+
+    Read through :func:`~nexusLIMS.db.timestamps.utc_now` at every call, so a
+    test can set a builder's clock in the process.
+    """
+    return timestamps.utc_text(timestamps.utc_now() + timedelta(seconds=seconds))
+
+
 def _new_file(path: Path, like: Optional[Path] = None) -> None:
     """Create the empty file ``path``, which must not exist, for SQLite to fill.
 
@@ -208,6 +219,7 @@ class _Files:
             raw.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
             # REPLACE's implicit deletes fire delete triggers only with this on.
             raw.execute("PRAGMA recursive_triggers = ON")
+            raw.create_function(CLOCK_FUNCTION, 1, _builders_clock)
         except BaseException:
             raw.close()
             raise
@@ -232,6 +244,9 @@ class _SQLite:
     integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
     #: A write transaction already keeps every other writer out.
     lock_rows = ""
+    #: One writer at a time: a claim reads and writes in a write transaction.
+    skip_locked = ""
+    ordered_reads: tuple[str, ...] = ()
     pairs_through_index = True
     is_file = True
 

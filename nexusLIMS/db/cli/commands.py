@@ -353,7 +353,8 @@ def _connections(figures: dict[str, int]) -> str:
 def cmd_claims(args: argparse.Namespace) -> int:
     """List the record builders' claims, live and expired (``claims``)."""
     claims = list_claims(args.db)
-    now = datetime.now(timezone.utc)
+    # Leases are judged by the database's clock (a server's), not this machine's.
+    now = claims[0].now() if claims else datetime.now(timezone.utc)
     if args.format != "table":
         print(records([{
             "session_identifier": claim.session_identifier,
