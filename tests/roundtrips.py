@@ -85,6 +85,7 @@ class RoundTripCounter:
         self.delay = delay
         self._stalled = False
         self._cut = False
+        self._lose_answer = False
         self._due: list[tuple[float, int, socket.socket, bytes]] = []  # delayed bytes
         self._sequence = 0
         parts = urlsplit(url)
@@ -121,6 +122,14 @@ class RoundTripCounter:
     def cut(self) -> None:
         """Drop every connection relayed now (as a restart or a cable pulled would)."""
         self._cut = True
+
+    def lose_next_answer(self) -> None:
+        """Drop the connection that the server answers next, the answer with it.
+
+        What was sent reached the server (a COMMIT was done), but the client
+        never hears so: the case a retry must settle by reading.
+        """
+        self._lose_answer = True
 
     def __enter__(self) -> RoundTripCounter:
         self._thread.start()
@@ -170,6 +179,9 @@ class RoundTripCounter:
                             self._count += waits
                     if chunk and self._stalled:  # a black hole
                         continue
+                    if chunk and stream is None and self._lose_answer:  # the server's answer
+                        self._lose_answer = False
+                        chunk = b""  # dropped: the connection is closed below
                     try:
                         if chunk and self.delay:
                             self._sequence += 1

@@ -81,7 +81,7 @@ def secrets_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pgpass.chmod(0o600)
     monkeypatch.setenv("PGSERVICEFILE", str(services))
     monkeypatch.setenv("PGPASSFILE", str(pgpass))
-    monkeypatch.setenv("nexusLIMS_db_timeout", "1")  # what cannot connect fails soon
+    monkeypatch.setenv("nexusLIMS_db_timeout", "0.1")  # what cannot connect fails soon
 
 
 def _exception_texts(exc: BaseException) -> Iterator[str]:

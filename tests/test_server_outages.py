@@ -22,6 +22,7 @@ from helpers import TITAN, log, psycopg, rows
 from roundtrips import RoundTripCounter
 
 from nexusLIMS.db import DatabaseUnavailableError, init_db, make_db_query
+from nexusLIMS.db.claims import claim_sessions
 from nexusLIMS.db.config import DatabaseLocation, locate_database
 from nexusLIMS.db.connection import connect
 from nexusLIMS.db.databases import close_databases
@@ -181,16 +182,53 @@ def test_restarts_are_ridden_through(restartable: PostgresServer,
         time.sleep(0.01)
 
     with _Loop(harvest) as harvester, _Loop(build) as builder:
-        for mode in ("fast", "immediate", "fast"):
-            time.sleep(0.5)
-            restartable.restart(mode)
-        time.sleep(0.5)
+        _restart_three_times(restartable)
     assert harvester.errors == []
     assert builder.errors == []
-    assert harvester.done > 0
-    # Nothing lost, nothing doubled.
+    _assert_nothing_lost_or_doubled(run, harvester.done, built)
+
+
+def test_claiming_builders_ride_restarts_through(restartable: PostgresServer,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four builders claim, build and finish while the server restarts: a claim whose
+    answer was lost is given back, a finish whose answer was lost is settled by reading."""
+    monkeypatch.setenv("nexusLIMS_db_timeout", "30")
+    run = uuid.uuid4().hex[:6]
+    built: list[str] = []
+
+    def harvest(n: int) -> None:
+        log(f"{run}-{n}", "START", "2021-05-01T10:00:00").insert_log()
+        log(f"{run}-{n}", "END", "2021-05-01T11:00:00").insert_log()
+
+    def claimer(number: int) -> Callable[[int], None]:
+        def build(n: int) -> None:
+            for claimed in claim_sessions(2, worker=f"builder-{number}"):
+                claimed.insert_record_generation_event()
+                claimed.finish("COMPLETED")
+                built.append(claimed.session_identifier)
+            time.sleep(0.01)
+        return build
+
+    builders = [_Loop(claimer(number)) for number in range(4)]
+    with _Loop(harvest) as harvester, builders[0], builders[1], builders[2], builders[3]:
+        _restart_three_times(restartable)
+    assert harvester.errors == []
+    assert [builder.errors for builder in builders] == [[]] * 4
+    assert all(builder.done > 0 for builder in builders)
+    _assert_nothing_lost_or_doubled(run, harvester.done, built)
+
+
+def _restart_three_times(server: PostgresServer) -> None:
+    for mode in ("fast", "immediate", "fast"):
+        time.sleep(0.5)
+        server.restart(mode)
+    time.sleep(0.5)
+
+
+def _assert_nothing_lost_or_doubled(run: str, harvested: int, built: list[str]) -> None:
+    assert harvested > 0
     stored = rows()
-    for n in range(harvester.done):
+    for n in range(harvested):
         events = [r.event_type for r in stored if r.session_identifier == f"{run}-{n}"]
         assert events.count("START") == 1
         assert events.count("END") in (0, 1)  # the loop may have stopped between the two

@@ -39,14 +39,20 @@ from typing import Any, Optional, Union
 
 from nexusLIMS.db import queries, timestamps
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, mark_after
-from nexusLIMS.db.connection import Connection, Statement
+from nexusLIMS.db.connection import Connection, Statement, retrying
 from nexusLIMS.db.enums import EventType, RecordStatus, coerce
 from nexusLIMS.db.errors import ClaimLostError, SessionRevisedError, UnsupportedDatabaseError
 from nexusLIMS.db.instruments import Instrument, read_instruments, reading_instruments
 from nexusLIMS.db.logs import logs_of
 from nexusLIMS.db.pairing import check, waiting_logs
 from nexusLIMS.db.schema import SESSION_CLAIMS, has_table, transaction
-from nexusLIMS.db.session import Session, handed_session, record_outcome
+from nexusLIMS.db.session import (
+    Outcome,
+    Session,
+    handed_session,
+    record_outcome,
+    settled_outcome,
+)
 from nexusLIMS.db.tables import StoredLog
 from nexusLIMS.db.timestamps import utc_text
 
@@ -126,12 +132,17 @@ class ClaimedSession(Session):
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, not {lease}")
         claim = (self.session_identifier, self.token)
-        with transaction(self.database, begin=None) as conn:  # one round trip, fenced
-            (_, renewed), (expiry, _) = conn.write_batch([
-                # The database's clock sets the expiry (a server's, never the builder's).
-                (queries.renew_claim(conn.backend.ddl.clock("?")),
-                 (lease.total_seconds(), *claim)),
-                (queries.CLAIM_EXPIRY, claim)], mode="WRITE")
+
+        def renew() -> tuple[int, Any]:
+            with transaction(self.database, begin=None) as conn:  # one round trip, fenced
+                (_, renewed), (expiry, _) = conn.write_batch([
+                    # The database's clock sets the expiry (a server's, never the builder's).
+                    (queries.renew_claim(conn.backend.ddl.clock("?")),
+                     (lease.total_seconds(), *claim)),
+                    (queries.CLAIM_EXPIRY, claim)], mode="WRITE")
+            return renewed, expiry
+
+        renewed, expiry = retrying(renew)  # renewing twice is renewing (by token)
         if not renewed or not expiry:
             raise self._lost("renew its claim")
         self.expires_at = datetime.fromisoformat(expiry[0][0])
@@ -174,8 +185,16 @@ class ClaimedSession(Session):
 
     def _set_status(self, status: Union[RecordStatus, str]) -> None:
         value = coerce(RecordStatus, status, "record_status").value
-        with transaction(self.database, begin=None) as conn:
-            outcome = record_outcome(conn, self, value, token=self.token)
+
+        def record() -> Outcome:
+            with transaction(self.database, begin=None) as conn:
+                return record_outcome(conn, self, value, token=self.token)
+
+        def settle() -> Optional[Outcome]:  # its answer lost: did it end the claim?
+            with transaction(self.database, begin=None) as conn:
+                return settled_outcome(conn, self, value, self.token)
+
+        outcome = retrying(record, resend=False, settle=settle)
         if not outcome.claim_held:
             raise self._lost(f"record {value}")
         if value == RecordStatus.TO_BE_BUILT:  # not an outcome: the claim stays
@@ -189,8 +208,11 @@ class ClaimedSession(Session):
 
     def release(self) -> None:
         """Give the session back unbuilt (its claim ends; any builder may claim it)."""
-        with transaction(self.database, begin=None) as conn:  # one statement
-            conn.execute(queries.END_OWN_CLAIM, (self.session_identifier, self.token))
+        def release() -> None:
+            with transaction(self.database, begin=None) as conn:  # one statement
+                conn.execute(queries.END_OWN_CLAIM, (self.session_identifier, self.token))
+
+        retrying(release)  # (by token: ending it twice ends it)
         self.finished = True
 
     def _lost(self, action: str) -> ClaimLostError:
@@ -253,14 +275,23 @@ def claim_sessions(
     if lease <= timedelta(0):
         raise ValueError(f"lease must be positive, not {lease}")
     worker = worker or default_worker()
-    with transaction(database, begin=None) as conn:
-        _require_claims(conn)
-        if limit == 0:
-            return []
-        if conn.backend.skip_locked:
-            claimed = _claim_skipping_locked(conn, limit, worker, lease)
-        else:
-            claimed = _claim_in_write_transaction(conn, limit, worker, lease)
+    seeds: list[str] = []  # of each attempt's tokens
+
+    def claim() -> list[ClaimedSession]:
+        seeds.append(uuid.uuid4().hex)
+        with transaction(database, begin=None) as conn:
+            _require_claims(conn)
+            if limit == 0:
+                return []
+            if conn.backend.skip_locked:
+                return _claim_skipping_locked(conn, limit, worker, lease, seeds[-1])
+            return _claim_in_write_transaction(conn, limit, worker, lease, seeds[-1])
+
+    def settle() -> None:  # an attempt's answer was lost: give back what it may have claimed
+        with transaction(database, begin=None) as conn:
+            conn.execute(queries.end_claims_where("token LIKE ?"), (f"{seeds[-1]}-%",))
+
+    claimed = retrying(claim, resend=False, settle=settle)
     # A builder polls: a poll that found nothing is not news.
     logger.log(logging.INFO if claimed else logging.DEBUG, "Worker %s claimed %d session(s)",
                worker, len(claimed))
@@ -278,7 +309,7 @@ def _claimed(session: Session, worker: str, token: str, expires_at: datetime,
 
 
 def _claim_skipping_locked(conn: Connection, limit: Optional[int], worker: str,
-                           lease: timedelta) -> list[ClaimedSession]:
+                           lease: timedelta, seed: str) -> list[ClaimedSession]:
     """Claim in one statement (one round trip) that locks the STARTs it takes, skipping others'.
 
     SQL takes only sessions whose waiting logs pair by count and instrument;
@@ -292,7 +323,7 @@ def _claim_skipping_locked(conn: Connection, limit: Optional[int], worker: str,
     backend, clock = conn.backend, conn.backend.ddl.clock
     judged = conn.database.state(_JUDGED, _Judged)
     instruments, from_rows = reading_instruments(conn)
-    seed = uuid.uuid4().hex  # tokens: <seed>-<START id>, unique to this claim
+    # Tokens: <seed>-<START id>, unique to this claim.
     claimed: list[ClaimedSession] = []
     give_back: list[str] = []  # the tokens of sessions claimed that do not pair
     while True:
@@ -338,7 +369,7 @@ def _claim_skipping_locked(conn: Connection, limit: Optional[int], worker: str,
 
 
 def _claim_in_write_transaction(conn: Connection, limit: Optional[int], worker: str,
-                                lease: timedelta) -> list[ClaimedSession]:
+                                lease: timedelta, seed: str) -> list[ClaimedSession]:
     """Claim where one writer is let in at a time (SQLite): read, judge and write, in one go.
 
     Leases are judged by this builder's clock; a claim some builder made more
@@ -365,7 +396,7 @@ def _claim_in_write_transaction(conn: Connection, limit: Optional[int], worker: 
         for candidate in _consistent(conn, instruments, now, rows):
             if limit is not None and len(claimed) >= limit:
                 break
-            claimed.append(_claimed(candidate, worker, uuid.uuid4().hex, now + lease,
+            claimed.append(_claimed(candidate, worker, f"{seed}-{len(claimed)}", now + lease,
                                     conn.location))
         if limit is None:
             break
@@ -478,11 +509,18 @@ def list_claims(database: Optional[DatabaseRef] = None) -> list[Claim]:
     database's clock is reported with a warning naming its worker: that
     builder's clock is ahead (SQLite; a server writes its claims itself).
     """
-    with transaction(database, begin=None) as conn:
-        if not has_table(conn, _CLAIMS):
-            return []
-        rows, ((now_text,),) = conn.read_batch([
-            (queries.CLAIMS, ()), (queries.clock_reading(conn.backend.ddl.clock()), ())])
+    def read() -> Optional[tuple[list[Any], str]]:
+        with transaction(database, begin=None) as conn:
+            if not has_table(conn, _CLAIMS):
+                return None
+            rows, ((now_text,),) = conn.read_batch([
+                (queries.CLAIMS, ()), (queries.clock_reading(conn.backend.ddl.clock()), ())])
+            return rows, now_text
+
+    found = retrying(read)
+    if found is None:
+        return []
+    rows, now_text = found
     now = datetime.fromisoformat(now_text)
     offset = now - timestamps.utc_now()
     claims = [Claim(identifier, worker, datetime.fromisoformat(claimed),
@@ -501,9 +539,12 @@ def release_claim(session_identifier: str, database: Optional[DatabaseRef] = Non
 
     Returns False when no claim holds the session.
     """
-    with transaction(database, begin=None) as conn:  # one statement
-        _require_claims(conn)
-        released = conn.execute(queries.END_CLAIMS, (session_identifier,)).rowcount
+    def release() -> int:
+        with transaction(database, begin=None) as conn:  # one statement
+            _require_claims(conn)
+            return int(conn.execute(queries.END_CLAIMS, (session_identifier,)).rowcount)
+
+    released = retrying(release)  # (made again, it finds no claim: False, as it is gone)
     if released:
         logger.info("Released the claim on session %s", session_identifier)
     return bool(released)

@@ -153,6 +153,9 @@ INSERT_RECORD_GENERATION = (
 REVISE_LOG = f"UPDATE {_LOG} SET timestamp = ?, {quote('user')} = ? WHERE id_session_log = ?"
 #: The status of every log of a session.
 SET_SESSION_STATUS = f"UPDATE {_LOG} SET record_status = ? WHERE session_identifier = ?"
+#: How many logs of session ``?`` have each status.
+SESSION_STATUS_COUNTS = (f"SELECT record_status, count(*) FROM {_LOG} WHERE "
+                         f"session_identifier = ? GROUP BY record_status")
 
 # --- an outcome for the START and END a builder was handed -------------------------------
 #

@@ -23,7 +23,8 @@ from nexusLIMS.db.schema import SESSION_CLAIMS, SESSION_REVISIONS, has_table, tr
 from nexusLIMS.db.tables import StoredLog
 from nexusLIMS.db.timestamps import now_local_iso, span, utc_now, utc_text
 
-__all__ = ["Outcome", "Session", "handed_session", "record_outcome", "set_session_status"]
+__all__ = ["Outcome", "Session", "handed_session", "record_outcome", "set_session_status",
+           "settled_outcome"]
 
 # The name NexusLIMS 1.4 logged these messages under.
 logger = logging.getLogger("nexusLIMS.db.session_handler")
@@ -364,6 +365,25 @@ def record_outcome(
         if handed is not None else ()
     held = token is None or bool(results[held_at][0])
     return Outcome(results[update][1], revisions if held else (), held)
+
+
+def settled_outcome(conn: Connection, session: Session, value: str,
+                    token: str) -> Optional[Outcome]:
+    """Tell what :func:`record_outcome` with a claim's ``token`` did when its answer was lost.
+
+    None while the claim is still the token's: nothing was recorded (or
+    ``value`` is TO_BE_BUILT, which keeps the claim), and recording it again
+    is safe. Otherwise the outcome, when the session's logs all have
+    ``value``; else the claim was lost (or ended on a revision).
+    """
+    identifier = session.session_identifier
+    if conn.fetchall(queries.CLAIM_HELD, (identifier, token)):
+        return None
+    counts = {status: int(count) for status, count in
+              conn.fetchall(queries.SESSION_STATUS_COUNTS, (identifier,))}
+    if set(counts) == {value}:
+        return Outcome(counts[value])
+    return Outcome(0, (), claim_held=False)
 
 
 def _guarded(

@@ -58,6 +58,9 @@ _AWAY_WAIT = 0.5
 #: Seconds between the watchdog's looks while waits come and go (less than any
 #: wait's bound, which is at least _GRACE).
 _IDLE_LOOK = 1.0
+#: Seconds a caller waits for the pool's connection before it connects by itself,
+#: when the pool has room for more (see ``_Server.take``).
+_STUCK_WAIT = 1.0
 #: Seconds an unused connection stays open beyond the one a process keeps.
 _MAX_IDLE = 1.0
 _MAX_MS = 2**31 - 1  # the largest lock_timeout PostgreSQL takes, in milliseconds
@@ -536,12 +539,24 @@ class _Server:
         # While the pool cannot reach the server, it tries again less and less
         # often: a caller asks briefly, then a new pool connects at once.
         away = self.last_error
+        wait = _AWAY_WAIT if away else _pool_wait()
         try:
-            raw = pool.getconn(timeout=_AWAY_WAIT if away else _pool_wait())
+            try:
+                raw = pool.getconn(timeout=min(wait, _STUCK_WAIT))
+                raw.pool = pool
+            except PoolTimeout:
+                if away:  # a new pool, at once: connected if the server is back, or says why not
+                    self._discard(pool)
+                    return self.take(create=create, foreign_keys=foreign_keys)
+                if pool.get_stats().get("pool_size", 0) < pool.max_size:
+                    # The pool has room yet brings none: after an outage it tries again
+                    # less and less often, one connection at a time. This call
+                    # connects by itself (the connection is closed when given back).
+                    raw = _connect(self.location)
+                else:  # every connection is in use: wait for one
+                    raw = pool.getconn(timeout=max(wait - _STUCK_WAIT, 0.001))
+                    raw.pool = pool
         except PoolTimeout:
-            if away:  # a new pool, at once: connected if the server is back, or says why not
-                self._discard(pool)
-                return self.take(create=create, foreign_keys=foreign_keys)
             reason = self.last_error or "all its connections are busy"
             raise DatabaseUnavailableError(
                 f"No connection to PostgreSQL {_where(self.location)} within {ENV_TIMEOUT} "
@@ -551,7 +566,6 @@ class _Server:
                 self._pool = None
             return self.take(create=create, foreign_keys=foreign_keys)
         raw.limit = lock_timeout() + _GRACE
-        raw.pool = pool
         # The settings of the moment (the local offset moves with daylight saving
         # time; nexusLIMS_db_timeout may have changed): sent with the first statement.
         for name, value in _session_settings(_local_timezone()).items():
