@@ -61,32 +61,28 @@ its target; else 0, whatever the figures.
 from __future__ import annotations
 
 import argparse
-import heapq
-import itertools
 import json
 import os
 import platform
 import random
-import selectors
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
-from contextlib import AbstractContextManager, closing, contextmanager, suppress
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
-from urllib.parse import urlsplit, urlunsplit
+
+from bench_sessions import tests_helper
 
 from nexusLIMS.db import testing
 from nexusLIMS.db.config import ENV_DB_PATH, ENV_DB_PATH_2X
@@ -835,95 +831,10 @@ def table_versus(runs: list[VersusRun], args: argparse.Namespace) -> dict[str, A
     return figures
 
 
-class LatencyProxy:
-    """A loopback TCP proxy that holds every chunk ``delay`` seconds in each direction.
-
-    A server behind it is ``2 * delay`` away, as on a slow network; what
-    passes is not changed (TLS is turned off in :attr:`url`). Use as a
-    context manager.
-    """
-
-    def __init__(self, url: str, delay: float) -> None:
-        parts = urlsplit(url)
-        self._server = (parts.hostname or "127.0.0.1", parts.port or 5432)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        port = self._listener.getsockname()[1]
-        netloc = f"{parts.username}@" if parts.username else ""
-        query = "&".join(filter(None, [parts.query, "sslmode=disable"]))
-        self.url = urlunsplit((parts.scheme, f"{netloc}127.0.0.1:{port}", parts.path, query, ""))
-        self.delay = delay
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> LatencyProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._listener.close()
-
-    def _serve(self) -> None:
-        selector = selectors.DefaultSelector()
-        self._listener.setblocking(False)
-        selector.register(self._listener, selectors.EVENT_READ, None)
-        # (when, order, destination, bytes): b"" closes the pair once all before it passed.
-        due: list[tuple[float, int, socket.socket, bytes]] = []
-        order = itertools.count()
-        pairs: dict[socket.socket, socket.socket] = {}
-
-        def close(sock: socket.socket) -> None:
-            for one in (sock, pairs.pop(sock, sock)):
-                pairs.pop(one, None)
-                if one.fileno() != -1:
-                    with suppress(KeyError, ValueError):  # (already, if it ended first)
-                        selector.unregister(one)
-                    one.close()
-
-        try:
-            while not self._stop.is_set():
-                wait = min(max(due[0][0] - time.monotonic(), 0.0), 0.05) if due else 0.05
-                for key, _ in selector.select(timeout=wait):
-                    if key.data is None:
-                        client, _ = self._listener.accept()
-                        server = socket.create_connection(self._server)
-                        for sock, peer in ((client, server), (server, client)):
-                            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                            pairs[sock] = peer
-                            selector.register(sock, selectors.EVENT_READ, peer)
-                        continue
-                    source: socket.socket = key.fileobj  # type: ignore[assignment]
-                    try:
-                        chunk = source.recv(65536)
-                    except OSError:
-                        chunk = b""
-                    if not chunk:
-                        selector.unregister(source)  # nothing more from it
-                    heapq.heappush(due, (time.monotonic() + self.delay, next(order), key.data,
-                                         chunk))
-                now = time.monotonic()
-                while due and due[0][0] <= now:
-                    _, _, destination, chunk = heapq.heappop(due)
-                    if destination.fileno() == -1:
-                        continue
-                    try:
-                        if chunk:
-                            destination.sendall(chunk)
-                            continue
-                    except OSError:
-                        pass
-                    close(destination)
-        finally:
-            for sock in list(pairs):
-                if sock.fileno() != -1:
-                    sock.close()
-            selector.close()
-
-    def proxied(self, target: str, url: str) -> str:
-        """Return ``target`` (``url`` plus a query) as reached through the proxy."""
-        rest = target[len(url):]
-        return self.url + ("&" + rest[1:] if rest.startswith("?") else rest)
+def _proxied(proxy_url: str, target: str, url: str) -> str:
+    """Return ``target`` (``url`` plus a query) as reached through the proxy at ``proxy_url``."""
+    rest = target[len(url):]
+    return proxy_url + ("&" + rest[1:] if rest.startswith("?") else rest)
 
 
 def _round_trip(target: str) -> float:
@@ -946,10 +857,12 @@ def _psycopg_connect(target: str) -> Any:
 def bench_latency(store: PostgresStore, args: argparse.Namespace) -> dict[str, Any]:
     """The builders through the latency proxy: 1 and 8, claiming 1 and 10 at a time."""
     runs: list[Run] = []
-    with LatencyProxy(store.url, args.latency / 2000) as proxy:
+    # The tests' proxy, holding every chunk half a round trip in each direction.
+    proxy_class: Callable[..., Any] = tests_helper("roundtrips", "RoundTripCounter")
+    with proxy_class(store.url, delay=args.latency / 2000) as proxy:
         probe = store._new_target()
         try:
-            round_trip = _round_trip(proxy.proxied(probe, store.url))
+            round_trip = _round_trip(_proxied(proxy.url, probe, store.url))
         finally:
             store.drop(probe)
         for repeat in range(args.repeats):
@@ -957,7 +870,7 @@ def bench_latency(store: PostgresStore, args: argparse.Namespace) -> dict[str, A
                 for builders in (1, args.builders):
                     database = store.fresh(args.latency_sessions, args.seed + repeat)
                     try:
-                        _pointing_at(proxy.proxied(database.target, store.url))
+                        _pointing_at(_proxied(proxy.url, database.target, store.url))
                         reports = run_builders(builders, batch, 0.0)
                         finished = Counter(n for report in reports for n in report.finished)
                         problems = store.problems(database, finished)
