@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
+from helpers import Run
 from legacy_schema import make_legacy_db
 
 from nexusLIMS import DISTRIBUTION
@@ -82,3 +83,9 @@ def legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("NX_DB_PATH", raising=False)
     add_sample_instruments()
     return path
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
+    """The command line's ``main``, called with arguments: exit code, stdout, stderr."""
+    return Run(capsys)

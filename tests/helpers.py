@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import pytest
 
+from nexusLIMS.db.cli import main
 from nexusLIMS.db.config import DatabaseRef
 from nexusLIMS.db.connection import connect
 from nexusLIMS.db.enums import ProblemKind
@@ -290,3 +291,32 @@ INCONSISTENT: dict[str, Inconsistency] = {
                    "has timestamp '2021-13-01T00:00:00', not ISO 8601"),
                   (ProblemKind.BAD_TIMESTAMP, "has timestamp '', not ISO 8601")]),
 }
+
+
+#: A terminal control sequence (clears the screen), to show it is never printed raw.
+ESC = "\x1b[2J"
+
+
+class Run:
+    """``main(argv)`` with its exit code and output (the ``run`` fixture of conftest.py)."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+
+    def __call__(self, *argv: Any) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = main([str(arg) for arg in argv])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+
+def copied_state(database: Any) -> dict[str, Any]:
+    """Everything a copy must carry over (instruments, logs, schema version), backend-neutrally."""
+    with connect(database) as conn:
+        return {
+            "instruments": conn.fetchall("SELECT * FROM instruments ORDER BY instrument_pid"),
+            "logs": conn.fetchall('SELECT id_session_log, session_identifier, instrument, '
+                                  'timestamp, event_type, record_status, "user" FROM session_log '
+                                  "ORDER BY id_session_log"),
+            "version": conn.backend.schema_version(conn.raw),
+        }

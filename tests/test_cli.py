@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from helpers import JEOL, QUANTA, TITAN, insert_raw, row, rows, sql
+from helpers import ESC, JEOL, QUANTA, TITAN, Run, insert_raw, row, rows, sql
 from legacy_schema import make_legacy_db
 
 from nexusLIMS.db import SCHEMA_VERSION
-from nexusLIMS.db.cli import main
 from nexusLIMS.db.config import (
     ENV_DB_PATH,
     ENV_DB_PATH_2X,
@@ -47,25 +46,6 @@ SCRIPT = Path(sys.executable).with_name("nexuslims-db")
 DEMO_FIRST = "8a3e6c1d-5b2f-4e7a-9c0d-1f2e3a4b5c6d"
 DEMO_WAITING = "f1e2d3c4-b5a6-4978-8695-a4b3c2d1e0f9"
 REV_2X = "v2_5_0b"
-ESC = "\x1b[2J"
-
-
-class Run:
-    """``main(argv)`` with its exit code and output."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *argv: Any) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main([str(arg) for arg in argv])
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    return Run(capsys)
 
 
 @pytest.fixture

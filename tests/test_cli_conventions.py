@@ -19,35 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TITAN, insert_raw, psycopg, row, rows
+from helpers import ESC, TITAN, Run, insert_raw, psycopg, row, rows
 from legacy_schema import make_legacy_db
 
 import nexusLIMS
 from nexusLIMS.db.claims import claim_sessions
-from nexusLIMS.db.cli import main
 from nexusLIMS.db.cli.output import FORMATS, Progress, records
 from nexusLIMS.db.migrations import migrate_db
 from nexusLIMS.db.samples import add_sample_instruments, populate_demo
-
-ESC = "\x1b[2J"
-
-
-class Run:
-    """``main(argv)`` with its exit code and output."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *argv: Any) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        code = main([str(arg) for arg in argv])
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    return Run(capsys)
 
 
 @pytest.fixture

@@ -20,10 +20,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import log
+from helpers import copied_state, log
 
 from nexusLIMS.db.cli import main
 from nexusLIMS.db.config import DatabaseLocation, locate_database
@@ -33,18 +32,6 @@ from nexusLIMS.db.logs import insert_logs
 from nexusLIMS.db.samples import add_sample_instruments, populate_demo
 from nexusLIMS.db.schema import init_db
 from nexusLIMS.db.transfer import copy_database
-
-
-def _state(database: Any) -> dict[str, Any]:
-    """What a copy carries over, backend-neutrally."""
-    with connect(database) as conn:
-        return {
-            "instruments": conn.fetchall("SELECT * FROM instruments ORDER BY instrument_pid"),
-            "logs": conn.fetchall('SELECT id_session_log, session_identifier, instrument, '
-                                  'timestamp, event_type, record_status, "user" FROM session_log '
-                                  "ORDER BY id_session_log"),
-            "version": conn.backend.schema_version(conn.raw),
-        }
 
 
 @pytest.fixture
@@ -119,13 +106,13 @@ def test_the_same_postgresql_database_by_another_url_is_refused(
         source: Path, nexuslims_postgres_db: DatabaseLocation,
         capsys: pytest.CaptureFixture[str]) -> None:
     copy_database(source, nexuslims_postgres_db)
-    before = _state(nexuslims_postgres_db)
+    before = copied_state(nexuslims_postgres_db)
     for url in _same_database_urls(nexuslims_postgres_db):
         with pytest.raises(UnsupportedDatabaseError, match="the same database"):
             copy_database(nexuslims_postgres_db, url, force=True)
         assert main(["copy", "--force", nexuslims_postgres_db.target, url]) == 1
         assert "the same database" in capsys.readouterr().err
-    assert _state(nexuslims_postgres_db) == before
+    assert copied_state(nexuslims_postgres_db) == before
 
 
 @pytest.fixture
@@ -147,7 +134,7 @@ def test_another_schema_of_the_same_server_is_another_database(
         other_schema: DatabaseLocation) -> None:
     copy_database(source, nexuslims_postgres_db)
     copy_database(nexuslims_postgres_db, other_schema)
-    assert _state(other_schema) == _state(source)
+    assert copied_state(other_schema) == copied_state(source)
 
 
 def test_a_folder_target_is_named(source: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,7 +159,7 @@ def test_a_new_file_is_written_beside_the_target_and_renamed(source: Path) -> No
     assert seen
     assert set(seen) == {(False, True)}
     assert not partial.exists()
-    assert _state(target) == _state(source)
+    assert copied_state(target) == copied_state(source)
 
 
 def test_what_a_killed_copy_left_is_removed_by_the_next(
@@ -185,7 +172,7 @@ def test_what_a_killed_copy_left_is_removed_by_the_next(
         copy_database(source, target)
     assert f"Removed {partial}" in caplog.text
     assert sorted(p.name for p in source.parent.iterdir()) == ["new.sqlite", "source.sqlite"]
-    assert _state(target) == _state(source)
+    assert copied_state(target) == copied_state(source)
 
 
 def test_a_copy_being_written_is_not_removed(source: Path) -> None:
@@ -260,13 +247,13 @@ def test_a_new_target_killed_at_any_moment_is_absent_or_whole(
     lines = _copy_killed(big_source, target, after_line=after_line, pause=pause)
     assert lines[0] == "instruments 3 3"
     if target.exists():  # the kill came after the rename: the copy is whole
-        assert _state(target) == _state(big_source)
+        assert copied_state(target) == copied_state(big_source)
         target.unlink()
     else:
         assert pause == 0 or lines[-1] != "done"
     copy_database(big_source, target)  # removes what the killed copy left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.sqlite"]
-    assert _state(target) == _state(big_source)
+    assert copied_state(target) == copied_state(big_source)
 
 
 @pytest.mark.slow
@@ -276,9 +263,9 @@ def test_an_existing_target_killed_mid_copy_is_as_it_was(
         big_source: Path, tmp_path: Path, after_line: int) -> None:
     target = init_db(tmp_path / "previous.sqlite").path
     populate_demo(target)
-    before = _state(target)
+    before = copied_state(target)
     _copy_killed(big_source, target, after_line=after_line, pause=0.5, force=True)
-    assert _state(target) == before  # its journal rolled the copy back
+    assert copied_state(target) == before  # its journal rolled the copy back
     copy_database(big_source, target, force=True)
-    assert _state(target) == _state(big_source)
+    assert copied_state(target) == copied_state(big_source)
     assert locate_database(target).path == target

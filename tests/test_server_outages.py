@@ -170,10 +170,6 @@ def test_restarts_are_ridden_through(restartable: PostgresServer,
     run = uuid.uuid4().hex[:6]
     built: list[str] = []
 
-    def harvest(n: int) -> None:
-        log(f"{run}-{n}", "START", "2021-05-01T10:00:00").insert_log()
-        log(f"{run}-{n}", "END", "2021-05-01T11:00:00").insert_log()
-
     def build(n: int) -> None:
         for session in get_sessions_to_build(on_error="skip"):
             session.insert_record_generation_event()
@@ -181,7 +177,7 @@ def test_restarts_are_ridden_through(restartable: PostgresServer,
             built.append(session.session_identifier)
         time.sleep(0.01)
 
-    with _Loop(harvest) as harvester, _Loop(build) as builder:
+    with _Loop(_harvester(run)) as harvester, _Loop(build) as builder:
         _restart_three_times(restartable)
     assert harvester.errors == []
     assert builder.errors == []
@@ -196,10 +192,6 @@ def test_claiming_builders_ride_restarts_through(restartable: PostgresServer,
     run = uuid.uuid4().hex[:6]
     built: list[str] = []
 
-    def harvest(n: int) -> None:
-        log(f"{run}-{n}", "START", "2021-05-01T10:00:00").insert_log()
-        log(f"{run}-{n}", "END", "2021-05-01T11:00:00").insert_log()
-
     def claimer(number: int) -> Callable[[int], None]:
         def build(n: int) -> None:
             for claimed in claim_sessions(2, worker=f"builder-{number}"):
@@ -210,12 +202,20 @@ def test_claiming_builders_ride_restarts_through(restartable: PostgresServer,
         return build
 
     builders = [_Loop(claimer(number)) for number in range(4)]
-    with _Loop(harvest) as harvester, builders[0], builders[1], builders[2], builders[3]:
+    with _Loop(_harvester(run)) as harvester, builders[0], builders[1], builders[2], builders[3]:
         _restart_three_times(restartable)
     assert harvester.errors == []
     assert [builder.errors for builder in builders] == [[]] * 4
     assert all(builder.done > 0 for builder in builders)
     _assert_nothing_lost_or_doubled(run, harvester.done, built)
+
+
+def _harvester(run: str) -> Callable[[int], None]:
+    """A harvester's step n: the START and END of session ``run-n``, one log at a time."""
+    def harvest(n: int) -> None:
+        log(f"{run}-{n}", "START", "2021-05-01T10:00:00").insert_log()
+        log(f"{run}-{n}", "END", "2021-05-01T11:00:00").insert_log()
+    return harvest
 
 
 def _restart_three_times(server: PostgresServer) -> None:

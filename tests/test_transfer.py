@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TITAN, insert_raw, log, row, rows, sql
+from helpers import TITAN, copied_state, insert_raw, log, row, rows, sql
 from legacy_schema import make_legacy_db
 
 from nexusLIMS.db.cli import main
@@ -19,18 +19,6 @@ from nexusLIMS.db.samples import add_sample_instruments, populate_demo
 from nexusLIMS.db.schema import SCHEMA_VERSION, init_db, inspect
 from nexusLIMS.db.sessions import get_sessions_to_build
 from nexusLIMS.db.transfer import copy_database
-
-
-def _state(database: Any) -> dict[str, Any]:
-    """Everything a copy must carry over, backend-neutrally."""
-    with connect(database) as conn:
-        return {
-            "instruments": conn.fetchall("SELECT * FROM instruments ORDER BY instrument_pid"),
-            "logs": conn.fetchall('SELECT id_session_log, session_identifier, instrument, '
-                                  'timestamp, event_type, record_status, "user" FROM session_log '
-                                  "ORDER BY id_session_log"),
-            "version": conn.backend.schema_version(conn.raw),
-        }
 
 
 def _fill(database: Any) -> None:
@@ -53,10 +41,10 @@ def test_a_copy_keeps_every_row_id_and_counter(source: DatabaseLocation, target_
                                                request: pytest.FixtureRequest) -> None:
     target = (locate_database(tmp_path / "target.sqlite", must_exist=False)
               if target_backend == "sqlite" else request.getfixturevalue("nexuslims_postgres_db"))
-    before = _state(source)
+    before = copied_state(source)
     result = copy_database(source, target)
-    assert _state(target) == before
-    assert _state(source) == before  # the source is only read
+    assert copied_state(target) == before
+    assert copied_state(source) == before  # the source is only read
     assert [(t.table, t.rows) for t in result.tables] == [
         ("instruments", 3), ("session_log", 9), ("session_claims", 0),
         ("session_revisions", 0)]
@@ -73,7 +61,7 @@ def test_a_copy_from_postgresql_back_to_sqlite_is_identical(
 ) -> None:
     there = copy_database(source, nexuslims_postgres_db)
     back = copy_database(nexuslims_postgres_db, tmp_path / "back.sqlite")
-    assert _state(tmp_path / "back.sqlite") == _state(source)
+    assert copied_state(tmp_path / "back.sqlite") == copied_state(source)
     assert [t.checksum for t in back.tables] == [t.checksum for t in there.tables]
     assert back.next_log_id == there.next_log_id
 
@@ -86,8 +74,8 @@ def test_a_1_4_file_is_migrated_on_the_way(tmp_path: Path) -> None:
     before = legacy.read_bytes()
     result = copy_database(legacy, tmp_path / "new.sqlite")
     assert result.source_version == 0
-    assert _state(tmp_path / "new.sqlite")["version"] == SCHEMA_VERSION
-    assert _state(tmp_path / "new.sqlite")["logs"] == _state(legacy)["logs"]
+    assert copied_state(tmp_path / "new.sqlite")["version"] == SCHEMA_VERSION
+    assert copied_state(tmp_path / "new.sqlite")["logs"] == copied_state(legacy)["logs"]
     assert legacy.read_bytes() == before
     sql("UPDATE session_log SET record_status = 'NO_CONSENT'",
         database=tmp_path / "new.sqlite")  # the new CHECK allows it
@@ -96,25 +84,25 @@ def test_a_1_4_file_is_migrated_on_the_way(tmp_path: Path) -> None:
 def test_a_non_empty_target_is_refused_unless_forced(source: DatabaseLocation,
                                                      nexuslims_database: DatabaseLocation,
                                                      nexuslims_instruments: Any) -> None:
-    before = _state(nexuslims_database)
+    before = copied_state(nexuslims_database)
     with pytest.raises(UnsupportedDatabaseError, match=r"not empty.*--force"):
         copy_database(source, nexuslims_database)
-    assert _state(nexuslims_database) == before
+    assert copied_state(nexuslims_database) == before
     copy_database(source, nexuslims_database, force=True)
-    assert _state(nexuslims_database) == _state(source)
+    assert copied_state(nexuslims_database) == copied_state(source)
 
 
 def test_an_empty_current_database_is_a_fine_target(source: DatabaseLocation,
                                                     nexuslims_database: DatabaseLocation) -> None:
     copy_database(source, nexuslims_database)
-    assert _state(nexuslims_database) == _state(source)
+    assert copied_state(nexuslims_database) == copied_state(source)
 
 
 def test_a_failed_copy_leaves_the_target_as_it_was(
     source: DatabaseLocation, nexuslims_database: DatabaseLocation,
     nexuslims_instruments: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    before = _state(nexuslims_database)
+    before = copied_state(nexuslims_database)
     calls = []
 
     def fail_late(table: str, done: int, total: int) -> None:
@@ -125,7 +113,7 @@ def test_a_failed_copy_leaves_the_target_as_it_was(
     with pytest.raises(RuntimeError, match="network"):
         copy_database(source, nexuslims_database, force=True, progress=fail_late)
     assert calls == ["instruments", "session_log"]
-    assert _state(nexuslims_database) == before
+    assert copied_state(nexuslims_database) == before
 
 
 def test_a_failed_copy_to_a_new_file_leaves_no_file(source: DatabaseLocation,
@@ -143,12 +131,12 @@ def test_logs_of_missing_instruments_cannot_go_to_postgresql(
     source: DatabaseLocation, nexuslims_postgres_db: DatabaseLocation, tmp_path: Path
 ) -> None:
     insert_raw([row("orphan", "START", "2024-05-06T09:00:00", instrument="Gone-1")], source)
-    before = _state(nexuslims_postgres_db)
+    before = copied_state(nexuslims_postgres_db)
     with pytest.raises(ValueError, match="1 session logs of instruments missing"):
         copy_database(source, nexuslims_postgres_db)
-    assert _state(nexuslims_postgres_db) == before
+    assert copied_state(nexuslims_postgres_db) == before
     copy_database(source, tmp_path / "copy.sqlite")  # SQLite keeps them, as migrate does
-    assert _state(tmp_path / "copy.sqlite") == _state(source)
+    assert copied_state(tmp_path / "copy.sqlite") == copied_state(source)
 
 
 def test_refusals(source: DatabaseLocation, tmp_path: Path) -> None:
