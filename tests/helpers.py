@@ -16,6 +16,7 @@ import itertools
 import logging
 import re
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,3 +321,15 @@ def copied_state(database: Any) -> dict[str, Any]:
                                   "ORDER BY id_session_log"),
             "version": conn.backend.schema_version(conn.raw),
         }
+
+
+def with_ctrl_c(argv: list[str]) -> list[str]:
+    """Return ``argv`` run with Ctrl-C (SIGINT) at its default, as at a terminal.
+
+    A process started with SIGINT ignored keeps it ignored, and so do its
+    children: a test run in the background of a non-interactive shell would
+    otherwise start children that no Ctrl-C can interrupt.
+    """
+    restore = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", restore, *argv]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from helpers import ESC, JEOL, QUANTA, TITAN, Run, insert_raw, row, rows, sql
+from helpers import ESC, JEOL, QUANTA, TITAN, Run, insert_raw, row, rows, sql, with_ctrl_c
 from legacy_schema import make_legacy_db
 
 from nexusLIMS.db import SCHEMA_VERSION
@@ -1432,8 +1432,8 @@ def test_ctrl_c_while_waiting_for_a_lock_exits_promptly(demo: Path) -> None:
         # It would wait a day for the lock: only the Ctrl-C can end its wait,
         # so the bound on communicate() below only catches a hang.
         child = subprocess.Popen(
-            [str(SCRIPT), "--db", str(demo), "log", "start", "--instrument", TITAN, "--id",
-             "ctrl-c"],
+            with_ctrl_c([str(SCRIPT), "--db", str(demo), "log", "start", "--instrument", TITAN,
+                         "--id", "ctrl-c"]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=_env(**{ENV_TIMEOUT: "1d"}),
         )

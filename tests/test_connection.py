@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import JEOL, TITAN, log, rows, sql
+from helpers import JEOL, TITAN, log, rows, sql, with_ctrl_c
 
 from nexusLIMS.db import DatabaseNotFoundError, init_db, make_db_query
 from nexusLIMS.db.backends import backend_for
@@ -478,7 +478,7 @@ def test_ctrl_c_while_waiting_for_a_lock_interrupts_at_once(
     monkeypatch.setenv(ENV_TIMEOUT, "1d")
     with _write_lock(nexuslims_db):
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD], cwd=ROOT,
+            with_ctrl_c([sys.executable, "-c", _CHILD]), cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:
