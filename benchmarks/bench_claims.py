@@ -82,8 +82,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from bench_sessions import tests_helper
-
 from nexusLIMS.db import testing
 from nexusLIMS.db.config import ENV_DB_PATH, ENV_DB_PATH_2X
 from nexusLIMS.db.samples import add_sample_instruments
@@ -857,7 +855,10 @@ def _psycopg_connect(target: str) -> Any:
 def bench_latency(store: PostgresStore, args: argparse.Namespace) -> dict[str, Any]:
     """The builders through the latency proxy: 1 and 8, claiming 1 and 10 at a time."""
     runs: list[Run] = []
-    # The tests' proxy, holding every chunk half a round trip in each direction.
+    # The tests' proxy, holding every chunk half a round trip in each direction
+    # (found as bench_sessions finds it, beside this script).
+    from bench_sessions import tests_helper
+
     proxy_class: Callable[..., Any] = tests_helper("roundtrips", "RoundTripCounter")
     with proxy_class(store.url, delay=args.latency / 2000) as proxy:
         probe = store._new_target()
