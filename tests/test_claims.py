@@ -747,10 +747,10 @@ def test_eight_builders_build_every_session_exactly_once(
     # benchmarks/bench_claims.py (target >= 4x); a busy machine must never
     # fail the suite.
     with on_tmpfs(database, monkeypatch):
-        alone = [f"alone-{n:04d}" for n in range(250)]
+        alone = [f"alone-{n:04d}" for n in range(100)]
         add_sessions(alone)
         one = run_builders(1, 5, BUILD, 3600)
-        shared = [f"shared-{n:04d}" for n in range(2000)]
+        shared = [f"shared-{n:04d}" for n in range(800)]
         add_sessions(shared)
         eight = run_builders(8, 5, BUILD, 3600)
 
