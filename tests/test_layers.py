@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"nexusLIMS.db.tables"},
     {"nexusLIMS.db.queries", "nexusLIMS.db.backends.ddl", "nexusLIMS.db.backends.translate"},
     {"nexusLIMS.db.backends.base"},
+    {"nexusLIMS.db.backends.pg_connections"},
     {"nexusLIMS.db.backends.sqlite", "nexusLIMS.db.backends.postgresql"},
     {"nexusLIMS.db.backends"},
     {"nexusLIMS.db.trace"},

@@ -41,7 +41,7 @@ def _counting(watchdog: Any) -> list[int]:
 
 
 def test_round_trips_do_not_wake_the_watchdogs_thread() -> None:
-    from nexusLIMS.db.backends.postgresql import _Watchdog
+    from nexusLIMS.db.backends.pg_connections import _Watchdog
 
     watchdog = _Watchdog()
     notified = _counting(watchdog)
@@ -53,7 +53,7 @@ def test_round_trips_do_not_wake_the_watchdogs_thread() -> None:
 
 
 def test_a_wait_that_outlives_its_deadline_is_still_cut() -> None:
-    from nexusLIMS.db.backends.postgresql import _Watchdog
+    from nexusLIMS.db.backends.pg_connections import _Watchdog
 
     watchdog = _Watchdog()
     notified = _counting(watchdog)
