@@ -544,7 +544,9 @@ def release_claim(session_identifier: str, database: Optional[DatabaseRef] = Non
             _require_claims(conn)
             return int(conn.execute(queries.END_CLAIMS, (session_identifier,)).rowcount)
 
-    released = retrying(release)  # (made again, it finds no claim: False, as it is gone)
+    # Made again only if it never reached the server: a DELETE by identifier made
+    # again after its answer was lost could end a claim made since by a builder.
+    released = retrying(release, resend=False)
     if released:
         logger.info("Released the claim on session %s", session_identifier)
     return bool(released)

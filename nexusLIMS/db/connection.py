@@ -409,15 +409,16 @@ def retrying(
             if not again or time.monotonic() + pause >= deadline:
                 raise
             logger.info("%s; trying again in %.2f s", exc, pause)
-            reached = exc.sent
+            reached, last = exc.sent, exc
         time.sleep(pause * random.uniform(0.8, 1.2))
         pause = min(pause * 2, _LONGEST_PAUSE)
         if reached and settle is not None:
-            done = _settled(settle, deadline)
+            # What the lost attempt did must be read before anything is sent again:
+            # when that cannot be done in time, the caller learns it was not.
+            if time.monotonic() >= deadline:
+                raise last
+            done = retrying(settle)
             if done is not None:
                 return done
 
 
-def _settled(settle: Callable[[], Optional[T]], deadline: float) -> Optional[T]:
-    """Return what ``settle`` reads (itself retried while the server is away)."""
-    return retrying(settle) if time.monotonic() < deadline else None

@@ -103,31 +103,63 @@ class Database:
         while the database is among the :data:`KEEP_WATCHES` most recently
         watched; one that broke is opened again (changes meanwhile are assumed).
         """
-        backend = self.backend
         with self._lock:
             if self._watchless:
                 return None
-            try:
-                if self._watch is None:
-                    self._watch = backend.open_watch(self.location)
-                    if self._watch is None:  # this database cannot be watched
-                        self._watchless = True
-                        return None
-                    self._generation += 1
-                    self._emit("open")
-                counted = backend.data_version(self._watch)
-            except backend.driver_errors as exc:
-                self.close_watch()
-                better = backend.translate(exc, self.location)
-                if better is None:
-                    raise
-                raise better from exc
-            if counted is None:  # the watch broke: open another next time
-                self.close_watch()
+            opened = self._watch is not None
+            if opened:
+                counted = self._count()
+        if not opened:  # opened outside the lock: connecting to a server may take a while
+            if not self._open_watch():
                 return None
-            version = (self._generation, self._changes, counted)
+            with self._lock:
+                counted = self._count()
+        if counted is None:  # the watch broke: open another next time
+            self.close_watch()
+            return None
+        version = (self._generation, self._changes, counted)
         _watched(self)  # outside this database's lock: it may close another's watch
         return version
+
+    def _count(self) -> Optional[int]:
+        """Ask the watch (held under the lock) for the database's change count."""
+        backend = self.backend
+        if self._watch is None:  # closed meanwhile
+            return None
+        try:
+            return backend.data_version(self._watch)
+        except backend.driver_errors as exc:
+            self.close_watch()
+            better = backend.translate(exc, self.location)
+            if better is None:
+                raise
+            raise better from exc
+
+    def _open_watch(self) -> bool:
+        """Open the change watch; return False when this database cannot be watched."""
+        backend = self.backend
+        try:
+            watch = backend.open_watch(self.location)
+        except backend.driver_errors as exc:
+            better = backend.translate(exc, self.location)
+            if better is None:
+                raise
+            raise better from exc
+        with self._lock:
+            if watch is None:
+                self._watchless = True
+                return False
+            spare = None
+            if self._watch is None:
+                self._watch = watch
+                self._generation += 1
+            else:  # another thread opened one meanwhile
+                spare = watch
+        if spare is not None:
+            spare.close()
+        else:
+            self._emit("open")
+        return True
 
     def watch_again(self) -> None:
         """Open a new watch next time, even where none could be opened (the schema changed)."""

@@ -91,10 +91,19 @@ def _alive(raw: psycopg.Connection[Any]) -> bool:
     if raw.closed or raw.info.transaction_status != TransactionStatus.IDLE:
         return False
     try:  # an idle connection has nothing to read; anything there is a goodbye
-        readable, _, _ = select.select([raw.pgconn.socket], [], [], 0)
+        readable = _readable(raw.pgconn.socket)
     except (OSError, ValueError, psycopg.OperationalError):
         return False
     return not readable and bool(raw.pgconn.status == ConnStatus.OK)
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read (or was closed), without waiting."""
+    if hasattr(select, "poll"):  # (select.select refuses descriptors from 1024 on)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def told(exc: BaseException, location: DatabaseLocation) -> str:
@@ -228,14 +237,19 @@ class ServerConnection(psycopg.Connection[Any]):
         """Send what is pending and ``statements`` in one round trip; return their cursors."""
         pending, self.pending = self.pending, []
         batch = [*pending, *statements]
-        if len(batch) == 1 and not batch[0][2]:
-            sql, params, _ = batch[0]
-            return [self.execute(sql, params)]
-        # One query of several statements (libpq reads its results in C, where a
-        # pipeline's are read in Python; and after a pipeline's last message, a
-        # flush request, PostgreSQL would never end a session idle in a
-        # transaction left open).
-        return self._send_simple(batch)[len(pending):]
+        try:
+            if len(batch) == 1 and not batch[0][2]:
+                sql, params, _ = batch[0]
+                return [self.execute(sql, params)]
+            # One query of several statements (libpq reads its results in C, where a
+            # pipeline's are read in Python; and after a pipeline's last message, a
+            # flush request, PostgreSQL would never end a session idle in a
+            # transaction left open).
+            return self._send_simple(batch)[len(pending):]
+        except BaseException:
+            if any(sql.startswith("SET ") for sql, _, _ in pending):
+                self.settings = {}  # undone with the rest: sent again with the next call
+            raise
 
     def _send_simple(self, batch: Sequence[tuple[str, Any, bool]]) -> list[_Result]:
         """Send ``batch`` as one query of several statements, values bound here."""
@@ -378,9 +392,11 @@ def _transient(exc: psycopg.Error) -> bool:
 
 # What trying again cannot mend: libpq refusing on its own, and the server's
 # refusals (its answers that pass: starting up, shutting down, in recovery, full).
-_REFUSED = ("password", "certificate", "SSL", "ssl", "host name", "translate host",
-            "authentication", "service", "invalid", "GSS", "does not exist", "pg_hba.conf",
-            "not permitted to log in", "permission denied", "not currently accepting")
+_REFUSED = ("password", "certificate", "SSL is not enabled", "does not support SSL",
+            "SSL off", "sslmode", "sslrootcert", "server common name",
+            "Name or service not known", "nodename nor servname", "authentication", "service",
+            "invalid", "GSS", "does not exist", "pg_hba.conf", "not permitted to log in",
+            "permission denied", "not currently accepting")
 
 
 def _pool_wait() -> float:
@@ -482,7 +498,8 @@ class ServerPool:
                 f"({lock_timeout():g} s): {reason}", sent=False) from None
         except PoolClosed:  # closed meanwhile: a new pool next time
             with self._lock:
-                self._pool = None
+                if self._pool is pool:
+                    self._pool = None
             return self.take(create=create, foreign_keys=foreign_keys)
         raw.limit = lock_timeout() + _GRACE
         # The settings of the moment (the local offset moves with daylight saving
@@ -497,6 +514,11 @@ class ServerPool:
         """Take back a connection :meth:`take` returned (closed if it is not the pool's)."""
         pool = raw.pool
         raw.pool = None
+        if raw.pending:  # never sent (a block that ended without its transaction's end)
+            if any(sql.startswith("SET ") for sql, _, _ in raw.pending):
+                raw.settings = {}
+            raw.pending.clear()
+        raw.begun = False
         if pool is None or pool.closed:
             raw.close()
         else:

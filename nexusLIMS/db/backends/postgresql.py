@@ -275,6 +275,12 @@ class _PostgreSQL:
                 raw.settings = {}  # not sent after all: sent with the next call
             raw.pending.clear()  # nothing of it reached the server: nothing to end
             return
+        if statement == "COMMIT" and raw.info.transaction_status == TransactionStatus.INERROR:
+            # PostgreSQL would answer a COMMIT with a silent ROLLBACK: say so instead.
+            _run(raw, "ROLLBACK")
+            raise pg_errors.InFailedSqlTransaction(
+                "the transaction was not committed: a statement in it failed (on PostgreSQL a "
+                "failed statement ends its transaction), so nothing of it was written")
         _run(raw, statement)
 
     def translate(
@@ -294,7 +300,12 @@ class _PostgreSQL:
                 f"PostgreSQL {where(location)} ended the session: it was idle in a transaction "
                 f"for longer than {ENV_TIMEOUT} ({lock_timeout():g} s), so that its locks hold "
                 f"up no one: {message}")
-        if isinstance(exc, psycopg.OperationalError) \
+        # A connection lost: no SQLSTATE (libpq's own), or the server's classes 08
+        # (connection exception) and 57 (operator intervention: shutdown,
+        # terminated); a query cancelled by its timeout is not one. Any other
+        # error (a deadlock, a full disk) is the driver's, as it is.
+        state = exc.sqlstate or ""
+        if isinstance(exc, psycopg.OperationalError) and state[:2] in ("", "08", "57") \
                 and not isinstance(exc, pg_errors.QueryCanceled):
             return DatabaseUnavailableError(
                 f"Lost the connection to PostgreSQL {where(location)}: {message}")
