@@ -27,6 +27,7 @@ from nexusLIMS.db import (
 )
 from nexusLIMS.db.config import DatabaseLocation
 from nexusLIMS.db.connection import connect, tracing
+from nexusLIMS.db.errors import ConstraintError
 from nexusLIMS.db.instruments import Instrument, load_instruments
 from nexusLIMS.db.logs import insert_logs
 
@@ -90,6 +91,38 @@ def test_native_sql_runs_on_the_server(
         assert conn.scalar(
             "SELECT count(*) FROM instruments WHERE instrument_pid LIKE 'FEI-%' "
             "AND instrument_pid <> ?", ("?",)) == 2
+
+
+def test_a_commit_after_a_failed_statement_raises_and_writes_nothing(
+    nexuslims_postgres_db: DatabaseLocation, nexuslims_instruments: dict[str, Instrument]
+) -> None:
+    """On PostgreSQL a failed statement ends its transaction: a block that caught the
+    error and went on is told at its end, instead of its COMMIT rolling back in silence."""
+    insert = ("INSERT INTO session_log (session_identifier, instrument, timestamp, event_type, "
+              "record_status) VALUES (?, ?, '2021-05-01T10:00:00', 'START', 'TO_BE_BUILT')")
+    def carry_on_after_an_error() -> None:
+        with connect(begin="WRITE") as conn:
+            conn.execute(insert, ("kept?", "FEI-Titan-TEM-635816"))
+            with pytest.raises(ConstraintError):
+                conn.execute(insert, ("bad", "no-such-instrument"))
+
+    with pytest.raises(psycopg.errors.InFailedSqlTransaction, match="not committed"):
+        carry_on_after_an_error()
+    assert rows() == []
+
+
+def test_session_limits_hold_after_a_first_call_that_failed(
+    nexuslims_postgres_db: DatabaseLocation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's settings go with a new connection's first statements; when those fail,
+    the settings are undone with them, and sent again with the next call."""
+    close_pools()  # a new connection
+    monkeypatch.setenv(ENV_TIMEOUT, "7")
+    with pytest.raises(psycopg.errors.DivisionByZero), connect(begin=None) as conn:
+        conn.execute("SELECT 1 / 0")  # fails on the server, with the SETs sent before it
+    assert make_db_query("SELECT current_setting('statement_timeout'), "
+                         "current_setting('idle_in_transaction_session_timeout')") == \
+        [("9s", "7s")]
 
 
 # --- a server that cannot be used ---------------------------------------------------

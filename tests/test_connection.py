@@ -32,7 +32,8 @@ from helpers import JEOL, TITAN, log, rows, sql, with_ctrl_c
 from nexusLIMS.db import DatabaseNotFoundError, init_db, make_db_query
 from nexusLIMS.db.backends import backend_for
 from nexusLIMS.db.config import DatabaseLocation, lock_timeout
-from nexusLIMS.db.connection import close_watches, connect, tracing
+from nexusLIMS.db.connection import close_watches, connect, retrying, tracing
+from nexusLIMS.db.errors import DatabaseUnavailableError
 from nexusLIMS.db.instruments import add_instrument, edit_instrument, remove_instrument
 from nexusLIMS.db.logs import SessionLog, insert_logs, log_end, log_start
 from nexusLIMS.db.samples import sample_instruments
@@ -877,3 +878,28 @@ def test_tracing_one_database_sees_only_that_database(tmp_path: Path) -> None:
 def make_db_query_on(location: DatabaseLocation, query: str) -> None:
     with connect(location) as conn:
         conn.execute(query)
+
+
+# --- retrying a call whose connection was lost ------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", ["0.01", "0.06", "0.3"])
+def test_a_write_that_may_have_landed_is_never_sent_again_unread(
+    timeout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each attempt after the first follows a read of what the one before did, however the
+    pauses fall against the deadline; in the end, the connection's error."""
+    monkeypatch.setenv(ENV_TIMEOUT, timeout)
+    events: list[str] = []
+
+    def write() -> None:
+        events.append("write")
+        raise DatabaseUnavailableError("the answer was lost", sent=True)
+
+    def settle() -> None:
+        events.append("settle")
+
+    with pytest.raises(DatabaseUnavailableError, match="the answer was lost"):
+        retrying(write, resend=False, settle=settle)
+    assert events[0] == "write"
+    assert events == ["write", *["settle", "write"] * ((len(events) - 1) // 2)]
