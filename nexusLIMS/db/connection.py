@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Callable, Optional, TypeVar, Union
 
-from nexusLIMS.db.backends import Backend, Begin, backend_for, insert_statement
+from nexusLIMS.db.backends import Backend, Begin, backend_for, insert_statement, translated
 from nexusLIMS.db.backends.base import Result
 from nexusLIMS.db.config import DatabaseLocation, DatabaseRef, locate_database, lock_timeout
 from nexusLIMS.db.databases import Database, Version, close_watches, database_at
@@ -122,16 +122,9 @@ class Connection:
         for tracer in self._tracers:
             tracer(event, text)
 
-    @contextmanager
-    def _translating(self, statement: str = "") -> Iterator[None]:
+    def _translating(self, statement: str = "") -> AbstractContextManager[None]:
         """Raise the package's error for a driver's error of ``statement``, where it has one."""
-        try:
-            yield
-        except self.backend.driver_errors as exc:
-            better = self.backend.translate(exc, self.location, statement)
-            if better is None:
-                raise
-            raise better from exc
+        return translated(self.backend, self.location, statement)
 
     def execute(self, sql: str, params: Params = ()) -> Any:
         """Run one statement; return the driver's cursor (``fetchone``, ``rowcount``, ...)."""
@@ -322,17 +315,12 @@ def connect(
         tracer("open", described)
     conn = Connection(raw, db, tracers, timeout)
     try:
-        if begin is not None:
-            conn.begin(begin)
-        yield conn
-        if conn.in_transaction:
-            conn.commit()
-    except backend.driver_errors as exc:  # from the driver's connection itself
-        _roll_back(conn)
-        better = backend.translate(exc, location)
-        if better is None:
-            raise
-        raise better from exc
+        with translated(backend, location):  # (the driver's connection's own errors)
+            if begin is not None:
+                conn.begin(begin)
+            yield conn
+            if conn.in_transaction:
+                conn.commit()
     except BaseException:
         _roll_back(conn)
         raise

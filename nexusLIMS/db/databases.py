@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Optional, TypeVar
 
-from nexusLIMS.db.backends import Backend, Pool, backend_for
+from nexusLIMS.db.backends import Backend, Pool, backend_for, translated
 from nexusLIMS.db.config import DatabaseLocation, configured_database, locate_database
 from nexusLIMS.db.trace import Tracer, active_tracers
 
@@ -108,43 +108,35 @@ class Database:
                 return None
             opened = self._watch is not None
             if opened:
-                counted = self._count()
+                version = self._version()
         if not opened:  # opened outside the lock: connecting to a server may take a while
             if not self._open_watch():
                 return None
             with self._lock:
-                counted = self._count()
-        if counted is None:  # the watch broke: open another next time
+                version = self._version()
+        if version is None:  # the watch broke: open another next time
             self.close_watch()
             return None
-        version = (self._generation, self._changes, counted)
         _watched(self)  # outside this database's lock: it may close another's watch
         return version
 
-    def _count(self) -> Optional[int]:
-        """Ask the watch (held under the lock) for the database's change count."""
+    def _version(self) -> Optional[Version]:
+        """Ask the watch for the database's change count (under the lock); None: it broke."""
         backend = self.backend
         if self._watch is None:  # closed meanwhile
             return None
-        try:
-            return backend.data_version(self._watch)
-        except backend.driver_errors as exc:
+        try:  # (asked at every instrument look-up: nothing set up unless it fails)
+            counted = backend.data_version(self._watch)
+        except BaseException:
             self.close_watch()
-            better = backend.translate(exc, self.location)
-            if better is None:
+            with translated(backend, self.location):
                 raise
-            raise better from exc
+        return None if counted is None else (self._generation, self._changes, counted)
 
     def _open_watch(self) -> bool:
         """Open the change watch; return False when this database cannot be watched."""
-        backend = self.backend
-        try:
-            watch = backend.open_watch(self.location)
-        except backend.driver_errors as exc:
-            better = backend.translate(exc, self.location)
-            if better is None:
-                raise
-            raise better from exc
+        with translated(self.backend, self.location):
+            watch = self.backend.open_watch(self.location)
         with self._lock:
             if watch is None:
                 self._watchless = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from nexusLIMS.db.backends import translated
 from nexusLIMS.db.config import DatabaseRef
 from nexusLIMS.db.connection import Connection
 from nexusLIMS.db.errors import DatabaseDamagedError
@@ -22,14 +23,8 @@ __all__ = ["check_integrity", "integrity_problems", "verify_integrity"]
 
 def integrity_problems(conn: Connection, *, full: bool = False) -> list[str]:
     """Return what the database's own check finds damaged, first problem first ([]: none)."""
-    backend = conn.backend
-    try:
-        return backend.integrity_problems(conn.raw, full=full)
-    except backend.driver_errors as exc:
-        better = backend.translate(exc, conn.location)
-        if better is None:
-            raise
-        raise better from exc
+    with translated(conn.backend, conn.location):
+        return conn.backend.integrity_problems(conn.raw, full=full)
 
 
 def verify_integrity(conn: Connection, *, full: bool = False) -> None:

@@ -18,7 +18,14 @@ in :func:`backend_for`, and its parameter in the tests' fixtures.
 
 from __future__ import annotations
 
-from nexusLIMS.db.backends.base import Backend, Begin, Pool, insert_statement, writes_to_parent
+from nexusLIMS.db.backends.base import (
+    Backend,
+    Begin,
+    Pool,
+    insert_statement,
+    translated,
+    writes_to_parent,
+)
 from nexusLIMS.db.backends.ddl import DIALECTS, Dialect
 from nexusLIMS.db.config import DatabaseLocation
 from nexusLIMS.db.errors import DatabaseConfigError
@@ -30,6 +37,7 @@ __all__ = [
     "backend_for",
     "dialect_named",
     "insert_statement",
+    "translated",
     "writes_to_parent",
 ]
 

@@ -13,7 +13,8 @@ from nexusLIMS.db.config import Backend as BackendName
 from nexusLIMS.db.config import DatabaseLocation
 from nexusLIMS.db.tables import TABLES, Table
 
-__all__ = ["Backend", "Begin", "Pool", "Result", "insert_statement", "writes_to_parent"]
+__all__ = ["Backend", "Begin", "Pool", "Result", "insert_statement", "translated",
+           "writes_to_parent"]
 
 #: ``"DEFERRED"``: a read; ``"WRITE"``: writes that need no other writer kept
 #: out (each checks what it needs in the statement that writes); ``"IMMEDIATE"``:
@@ -280,6 +281,25 @@ class Backend(Protocol):
         Two locations with equal identities are the same database (a file by
         its device and inode; a server database by its server, database and schema).
         """
+
+
+class translated(AbstractContextManager[None]):  # noqa: N801 (used as a function)
+    """Raise the package's error for a driver's error in the block, where it has one.
+
+    :meth:`Backend.translate` says which; any other error passes as it is.
+    (A class, not a generator: it guards every instrument look-up.)
+    """
+
+    def __init__(self, backend: Backend, location: DatabaseLocation,
+                 statement: str = "") -> None:
+        self.backend, self.location, self.statement = backend, location, statement
+
+    def __exit__(self, kind: Optional[type[BaseException]], exc: Optional[BaseException],
+                 trace: Any) -> None:
+        if exc is not None and isinstance(exc, self.backend.driver_errors):
+            better = self.backend.translate(exc, self.location, self.statement)
+            if better is not None:
+                raise better from exc
 
 
 def insert_statement(table: str, columns: Sequence[str]) -> str:

@@ -247,9 +247,13 @@ class ServerConnection(psycopg.Connection[Any]):
             # transaction left open).
             return self._send_simple(batch)[len(pending):]
         except BaseException:
-            if any(sql.startswith("SET ") for sql, _, _ in pending):
-                self.settings = {}  # undone with the rest: sent again with the next call
+            self.undone(pending)  # (undone with the rest of the failed batch)
             raise
+
+    def undone(self, statements: Sequence[tuple[str, Any, bool]]) -> None:
+        """Note that ``statements``, once pending, took no effect (settings: sent again)."""
+        if any(sql.startswith("SET ") for sql, _, _ in statements):
+            self.settings = {}
 
     def _send_simple(self, batch: Sequence[tuple[str, Any, bool]]) -> list[_Result]:
         """Send ``batch`` as one query of several statements, values bound here."""
@@ -330,7 +334,7 @@ def _connection_settings(location: DatabaseLocation) -> dict[str, Any]:
             f"The URL of PostgreSQL {where(location)} ({location}, from {location.source}) "
             f"is not valid: {told(exc, location)}") from None
     timeout = lock_timeout()
-    keepalive = max(1, min(int(timeout / 3) or 1, 60))
+    keepalive = _keepalive(timeout)
     return {
         "autocommit": True,
         # psycopg would prepare a statement at its sixth run, a round trip more
@@ -343,16 +347,20 @@ def _connection_settings(location: DatabaseLocation) -> dict[str, Any]:
     }
 
 
-def _session_settings(zone: str) -> dict[str, Any]:
-    """Return the server's settings of a session: its time zone and limits, as of now.
+def _keepalive(timeout: float) -> int:
+    """Seconds between TCP keepalive probes (three unanswered: the peer is gone)."""
+    return max(1, min(int(timeout / 3) or 1, 60))
+
+
+def _session_settings(zone: str, timeout: float) -> dict[str, Any]:
+    """Return the server's settings of a session: its time zone and limits.
 
     A statement is bounded (``statement_timeout``) and so is a transaction
     left idle while it holds locks (``idle_in_transaction_session_timeout``:
     the server frees the locks of a client that froze or vanished); the
-    server's keepalives notice a peer gone.
+    server's keepalives notice a peer gone. ``timeout`` is ``nexusLIMS_db_timeout``.
     """
-    timeout = lock_timeout()
-    keepalive = max(1, min(int(timeout / 3) or 1, 60))
+    keepalive = _keepalive(timeout)
     return {"TimeZone": zone, "statement_timeout": milliseconds(timeout + _GRACE / 2),
             "idle_in_transaction_session_timeout": milliseconds(max(timeout, 1)),
             "tcp_keepalives_idle": keepalive, "tcp_keepalives_interval": keepalive,
@@ -399,9 +407,9 @@ _REFUSED = ("password", "certificate", "SSL is not enabled", "does not support S
             "permission denied", "not currently accepting")
 
 
-def _pool_wait() -> float:
+def _pool_wait(timeout: float) -> float:
     """Return how long to wait for a connection from the pool (0 would not even look)."""
-    return max(lock_timeout(), 1.0)
+    return max(timeout, 1.0)
 
 
 def _check(raw: ServerConnection) -> None:
@@ -453,12 +461,12 @@ class ServerPool:
 
         pool: ConnectionPool[ServerConnection] = ConnectionPool(
             self.location.target, connection_class=_Pooled, min_size=1, max_size=pool_size(),
-            check=_check, name=self.location.describe(), timeout=_pool_wait(),
+            check=_check, name=self.location.describe(), timeout=_pool_wait(lock_timeout()),
             max_idle=_MAX_IDLE, num_workers=1, open=False)
         # Its first connection, before the first caller asks (one, not two); if the
         # server went away since the first connection, callers wait for it.
         with suppress(PoolTimeout):
-            pool.open(wait=True, timeout=_pool_wait())
+            pool.open(wait=True, timeout=_pool_wait(lock_timeout()))
         with self._lock:
             existing = self._current()
             if existing is None:
@@ -474,7 +482,8 @@ class ServerPool:
         # While the pool cannot reach the server, it tries again less and less
         # often: a caller asks briefly, then a new pool connects at once.
         away = self.last_error
-        wait = _AWAY_WAIT if away else _pool_wait()
+        timeout = lock_timeout()
+        wait = _AWAY_WAIT if away else _pool_wait(timeout)
         try:
             try:
                 raw = pool.getconn(timeout=min(wait, _STUCK_WAIT))
@@ -495,16 +504,16 @@ class ServerPool:
             reason = self.last_error or "all its connections are busy"
             raise DatabaseUnavailableError(
                 f"No connection to PostgreSQL {where(self.location)} within {ENV_TIMEOUT} "
-                f"({lock_timeout():g} s): {reason}", sent=False) from None
+                f"({timeout:g} s): {reason}", sent=False) from None
         except PoolClosed:  # closed meanwhile: a new pool next time
             with self._lock:
                 if self._pool is pool:
                     self._pool = None
             return self.take(create=create, foreign_keys=foreign_keys)
-        raw.limit = lock_timeout() + _GRACE
+        raw.limit = timeout + _GRACE
         # The settings of the moment (the local offset moves with daylight saving
         # time; nexusLIMS_db_timeout may have changed): sent with the first statement.
-        for name, value in _session_settings(_local_timezone()).items():
+        for name, value in _session_settings(_local_timezone(), timeout).items():
             if raw.settings.get(name) != value:
                 raw.pending.append((f"SET {name} = '{value}'", (), False))
                 raw.settings[name] = value
@@ -515,8 +524,7 @@ class ServerPool:
         pool = raw.pool
         raw.pool = None
         if raw.pending:  # never sent (a block that ended without its transaction's end)
-            if any(sql.startswith("SET ") for sql, _, _ in raw.pending):
-                raw.settings = {}
+            raw.undone(raw.pending)
             raw.pending.clear()
         raw.begun = False
         if pool is None or pool.closed:

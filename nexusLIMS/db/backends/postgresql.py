@@ -271,9 +271,8 @@ class _PostgreSQL:
         if raw.info.transaction_status == TransactionStatus.IDLE and (
                 statement == "ROLLBACK" or all(sql.startswith(_BEGIN_WORDS)
                                                for sql, _, _ in raw.pending)):
-            if any(sql.startswith("SET ") for sql, _, _ in raw.pending):
-                raw.settings = {}  # not sent after all: sent with the next call
-            raw.pending.clear()  # nothing of it reached the server: nothing to end
+            raw.undone(raw.pending)  # nothing of it reached the server: nothing to end
+            raw.pending.clear()
             return
         if statement == "COMMIT" and raw.info.transaction_status == TransactionStatus.INERROR:
             # PostgreSQL would answer a COMMIT with a silent ROLLBACK: say so instead.

@@ -23,7 +23,13 @@ from typing import Any, Callable, Hashable, Optional, Sequence, TypeVar, Union
 from urllib.parse import quote as quote_url
 
 from nexusLIMS.db import timestamps
-from nexusLIMS.db.backends.base import Pool, Result, insert_statement, writes_to_parent
+from nexusLIMS.db.backends.base import (
+    Pool,
+    Result,
+    insert_statement,
+    translated,
+    writes_to_parent,
+)
 from nexusLIMS.db.backends.ddl import CLOCK_FUNCTION, SQLITE_DDL, Dialect
 from nexusLIMS.db.config import ENV_TIMEOUT, DatabaseLocation, lock_timeout
 from nexusLIMS.db.config import Backend as BackendName
@@ -261,11 +267,6 @@ class _SQLite:
 
     def data_version(self, raw: Any) -> Optional[int]:
         # SQLite's own change counter: it moves when any other connection commits.
-        try:  # asked at every instrument look-up: no frame more than needed
-            return int(raw.execute("PRAGMA data_version").fetchone()[0])
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
-                raise
         return int(_retry_busy(lambda: raw.execute("PRAGMA data_version").fetchone()[0],
                                lock_timeout))
 
@@ -517,12 +518,8 @@ class _SQLite:
     def compact(self, location: DatabaseLocation) -> bool:
         raw = _open(location.path, create=False)
         try:
-            _retry_busy(lambda: raw.execute("VACUUM"), lock_timeout)
-        except sqlite3.Error as exc:
-            better = self.translate(exc, location)
-            if better is None:
-                raise
-            raise better from exc
+            with translated(self, location):
+                _retry_busy(lambda: raw.execute("VACUUM"), lock_timeout)
         finally:
             raw.close()
         return True
